@@ -1,0 +1,46 @@
+"""Where the Hydra configs live, and the resolvers they use."""
+
+from __future__ import annotations
+
+import secrets
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+from hydra.errors import InstantiationException
+from hydra.utils import instantiate
+from omegaconf import OmegaConf
+
+from clip_unlearn.errors import ConfigError
+
+
+def config_dir() -> Path:
+    """``conf/`` inside the installed wheel, else the repository's ``conf/`` (editable install, source tree)."""
+    here = Path(__file__).resolve().parent
+    for candidate in (here / "conf", here.parents[1] / "conf"):
+        if (candidate / "config.yaml").is_file():
+            return candidate
+    raise FileNotFoundError(f"clip-unlearn configs not found next to {here}: reinstall the package")
+
+
+def _unique_run_id() -> str:
+    # Date/time for humans, plus random hex so two runs started in the same second never share a folder.
+    return f"{datetime.now():%Y-%m-%d_%H-%M-%S}_{secrets.token_hex(3)}"
+
+
+def register_resolvers() -> None:
+    # Cached, so every read of ${run_id:} within one config (and the sweep configs Hydra copies from
+    # it) sees the same value.
+    if not OmegaConf.has_resolver("run_id"):
+        OmegaConf.register_new_resolver("run_id", _unique_run_id, use_cache=True)
+
+
+def build(node: Any, **kwargs: Any) -> Any:
+    """``hydra.utils.instantiate``, re-raising our ConfigError as itself (Hydra wraps it in InstantiationException,
+    which would turn a one-line user mistake into a traceback)."""
+    try:
+        return instantiate(node, **kwargs)
+    except InstantiationException as error:
+        if isinstance(error.__cause__, ConfigError):
+            raise error.__cause__ from None
+        raise

@@ -1,0 +1,255 @@
+"""One unlearning run: load backbone -> measure -> unlearn -> measure again -> write and log metrics.
+
+``run(cfg, output_dir)`` is plain Python (tests call it with a composed config); ``clip_unlearn.cli``
+wraps it in ``@hydra.main``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import random
+import time
+from collections.abc import Iterator, Mapping
+from functools import cache
+from pathlib import Path
+
+import numpy as np
+import torch
+from omegaconf import DictConfig, OmegaConf
+from torch.utils.data import Subset
+
+from clip_unlearn.artifacts import METRICS_FILE, environment, guard_output_dir, write_json
+from clip_unlearn.backbone import load_backbone, resolve_weights
+from clip_unlearn.config import build
+from clip_unlearn.data.base import ImageDataset
+from clip_unlearn.errors import ConfigError
+from clip_unlearn.evaluation import EvalSet, Evaluator, subsample
+from clip_unlearn.methods.base import LazyDataset, UnlearnContext, UnlearningMethod
+from clip_unlearn.targets import ForgetTarget
+
+log = logging.getLogger(__name__)
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+
+
+def resolve_device(device: str) -> str:
+    if device == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    if device.startswith("cuda") and not torch.cuda.is_available():
+        raise ConfigError(f"device={device} but CUDA is not available here; use device=cpu or device=auto")
+    return device
+
+
+@contextlib.contextmanager
+def log_to_file(path: Path) -> Iterator[None]:
+    """Send log records to ``path`` unless a handler (Hydra's) already writes there."""
+    root = logging.getLogger()
+    if any(getattr(h, "baseFilename", None) == str(path.resolve()) for h in root.handlers):
+        yield
+        return
+    handler = logging.FileHandler(path)
+    handler.setFormatter(logging.Formatter("[%(asctime)s][%(name)s][%(levelname)s] - %(message)s"))
+    root.addHandler(handler)
+    previous_level = root.level
+    root.setLevel(min(previous_level, logging.INFO) if previous_level else logging.INFO)
+    try:
+        yield
+    finally:
+        root.removeHandler(handler)
+        root.setLevel(previous_level)
+        handler.close()
+
+
+def select_heldout(cfg: DictConfig, main: ImageDataset) -> list[ImageDataset]:
+    """The held-out zero-shot datasets: ``eval.heldout`` names entries of ``eval.datasets``, or ``auto``."""
+    pool = cfg.eval.datasets
+    wanted = cfg.eval.heldout
+    if wanted == "auto":
+        chosen = []
+        for key in pool:
+            dataset = build(pool[key])
+            if dataset.name == main.name:
+                continue
+            if dataset.exists():
+                chosen.append(dataset)
+            else:
+                log.warning("held-out dataset %s skipped: not found under %s", key, dataset.root)
+        return chosen
+    wanted = [wanted] if isinstance(wanted, str) else list(wanted or [])
+    unknown = [w for w in wanted if w not in pool]
+    if unknown:
+        raise ConfigError(f"eval.heldout: unknown dataset {unknown}; valid choices: {list(pool)} or 'auto'")
+    chosen = [build(pool[w]) for w in wanted]
+    for dataset in chosen:
+        dataset.check()
+    return chosen
+
+
+def subtract(after: Mapping, before: Mapping) -> dict:
+    """after - before for every number present in both (sample counts excluded)."""
+    delta = {}
+    for key, value in after.items():
+        if key not in before or key == "n":
+            continue
+        if isinstance(value, Mapping):
+            delta[key] = subtract(value, before[key])
+        elif isinstance(value, (int, float)) and not isinstance(value, bool):
+            delta[key] = value - before[key]
+    return delta
+
+
+def lookup(tree: Mapping, dotted: str):
+    node = tree
+    for part in dotted.split("."):
+        if not isinstance(node, Mapping) or part not in node:
+            raise ConfigError(f"optimized_metric={dotted!r} is not a key of metrics.json (failed at {part!r})")
+        node = node[part]
+    return node
+
+
+def _shape(results: dict, main: str) -> dict:
+    """Evaluator output -> the metrics.json layout: main groups at top, held-out sets under ``heldout``."""
+    shaped = dict(results[main])
+    shaped["heldout"] = {name: groups["all"] for name, groups in results.items() if name != main}
+    if shaped["heldout"]:
+        shaped["heldout_mean"] = {
+            k: float(np.mean([entry[k] for entry in shaped["heldout"].values()]))
+            for k in next(iter(shaped["heldout"].values()))
+            if k != "n"
+        }
+    return shaped
+
+
+def run(
+    cfg: DictConfig,
+    output_dir: Path | str,
+    choices: Mapping[str, str | None] | None = None,
+    group: str | None = None,
+) -> dict:
+    """Run one configured unlearning experiment into ``output_dir``; returns the metrics written there.
+
+    ``choices`` are the config-group choices (Hydra's ``runtime.choices``) used to name and tag the
+    tracker run; ``group`` groups the runs of one sweep in the tracker.
+    """
+    output_dir = Path(output_dir)
+    guard_output_dir(output_dir, bool(cfg.get("overwrite", False)))
+    output_dir.mkdir(parents=True, exist_ok=True)
+    with log_to_file(output_dir / "run.log"):
+        return _run(cfg, output_dir, dict(choices or {}), group)
+
+
+def _run(cfg: DictConfig, output_dir: Path, choices: dict, group: str | None) -> dict:
+    start = time.perf_counter()
+    seed_everything(int(cfg.seed))
+    device = resolve_device(str(cfg.device))
+
+    # Everything that can be checked without reading images or weights, first.
+    method: UnlearningMethod = build(cfg.method)
+    dataset: ImageDataset = build(cfg.dataset)
+    target = ForgetTarget.from_config(OmegaConf.to_container(cfg.forget, resolve=True))
+    target.check_dataset(dataset.name)
+    dataset.check()
+    classnames = target.classnames(dataset.classnames)
+    target_ids = target.class_ids(classnames)
+    backbone_cfg = OmegaConf.to_container(cfg.backbone, resolve=True)
+    resolve_weights(backbone_cfg["arch"], backbone_cfg.get("pretrained"), backbone_cfg.get("checkpoint"),
+                    backbone_cfg.get("cache_dir"))
+    heldout = select_heldout(cfg, dataset)
+
+    OmegaConf.save(cfg, output_dir / "config.yaml", resolve=True)
+    write_json(output_dir / "env.json", environment(int(cfg.seed), device))
+    method_name = choices.get("method") or type(method).__name__
+    run_info = {
+        "name": f"{method_name}-{choices.get('forget') or '+'.join(target.classes or ['*'])}-s{cfg.seed}",
+        "job_type": method_name,
+        "tags": [f"{k}:{v}" for k, v in sorted(choices.items()) if v and not k.startswith("hydra")],
+        "group": group,
+    }
+    tracker = build(cfg.logger)
+    tracker.start(OmegaConf.to_container(cfg, resolve=True), run_info, output_dir)
+    failed = True
+    try:
+        load_start = time.perf_counter()
+        backbone = load_backbone(**backbone_cfg, device=device)
+        model, preprocess = backbone.model, backbone.preprocess
+        max_samples = cfg.eval.max_samples
+
+        main_data = target.apply_merge(dataset.load(transform=preprocess), dataset.classnames)
+        labels = np.asarray(main_data.targets)
+        groups = {
+            name: subsample(indices, labels, max_samples, int(cfg.seed))
+            for name, indices in target.groups(main_data, classnames).items()
+        }
+        sets = [EvalSet(dataset.name, main_data, classnames, dataset.templates, groups, True, target_ids)]
+        for held in heldout:
+            data = held.load(transform=preprocess)
+            everything = np.arange(len(data))
+            sets.append(EvalSet(held.name, data, held.classnames, held.templates,
+                                {"all": subsample(everything, np.asarray(data.targets), max_samples, int(cfg.seed))}))
+        load_s = time.perf_counter() - load_start
+
+        @cache
+        def unlearn_split():
+            data = target.apply_merge(dataset.load(dataset.unlearn_split, transform=preprocess), dataset.classnames)
+            return data, target.groups(data, classnames)
+
+        forget = LazyDataset(lambda: Subset(unlearn_split()[0], unlearn_split()[1]["forget"].tolist()))
+        retain = LazyDataset(lambda: Subset(unlearn_split()[0], unlearn_split()[1]["retain"].tolist()))
+        context = UnlearnContext(classnames, dataset.templates, target_ids, backbone.tokenizer, device, int(cfg.seed))
+
+        evaluator = Evaluator(
+            sets, backbone.tokenizer, device, int(cfg.eval.batch_size), int(cfg.eval.num_workers),
+            tuple(cfg.eval.topk), bool(cfg.eval.reuse_features),
+        )
+        log.info("evaluating the original model")
+        before, before_stats = evaluator.evaluate(model)
+        log.info("unlearning with %s", method_name)
+        unlearn_start = time.perf_counter()
+        model = method.unlearn(model, forget, retain, context)
+        unlearn_s = time.perf_counter() - unlearn_start
+        log.info("evaluating the unlearned model")
+        after, after_stats = evaluator.evaluate(model, method.image_embedding_map())
+
+        before, after = _shape(before, dataset.name), _shape(after, dataset.name)
+        metrics = {
+            "run": {
+                "backbone": backbone.description,
+                "dataset": dataset.name,
+                "forget": {"classes": list(target.classes) if target.classes else None,
+                           "subgroup": {k: list(v) for k, v in target.subgroup.items()},
+                           "merge": {k: list(v) for k, v in target.merge.items()}},
+                "method": method_name,
+                "seed": int(cfg.seed),
+                "choices": choices,
+                "read_forget_images": forget.loaded,
+            },
+            "before": before,
+            "after": after,
+            "delta": subtract(after, before),
+            "times": {
+                "load_s": load_s,
+                "eval_before_s": before_stats["eval_s"],
+                "unlearn_time_s": unlearn_s,
+                "eval_after_s": after_stats["eval_s"],
+                "total_s": time.perf_counter() - start,
+            },
+            "eval": {"before": before_stats, "after": after_stats},
+            "method": {"name": method_name, "diagnostics": method.diagnostics},
+        }
+        metrics["optimized_metric"] = {"name": cfg.optimized_metric, "value": lookup(metrics, cfg.optimized_metric)}
+        write_json(output_dir / METRICS_FILE, metrics)
+        tracker.log(metrics)
+        log.info(
+            "forget top1 %.2f -> %.2f | retain top1 %.2f -> %.2f | unlearn %.2fs | metrics: %s",
+            before["forget"]["top1"], after["forget"]["top1"], before["retain"]["top1"], after["retain"]["top1"],
+            unlearn_s, output_dir / METRICS_FILE,
+        )
+        failed = False
+        return metrics
+    finally:
+        tracker.finish(failed)

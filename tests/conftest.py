@@ -1,0 +1,53 @@
+"""Shared fixtures: real images extracted once from ../shared/assets, and Hydra compose helpers."""
+
+from __future__ import annotations
+
+import importlib.util
+import os
+from pathlib import Path
+
+import pytest
+from hydra import compose, initialize_config_dir
+from omegaconf import DictConfig
+
+from clip_unlearn.config import config_dir, register_resolvers
+
+REPO = Path(__file__).resolve().parents[1]
+CONF = config_dir()
+
+register_resolvers()
+
+
+def _prepare_assets():
+    spec = importlib.util.spec_from_file_location("prepare_assets", REPO / "scripts" / "prepare_assets.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+@pytest.fixture(scope="session")
+def data_dir() -> Path:
+    """The offline image archives, extracted once into a cache folder reused between test runs."""
+    target = Path(os.environ.get("CLIP_UNLEARN_TEST_DATA", REPO / ".cache" / "test-data"))
+    return _prepare_assets().extract(target)
+
+
+def compose_config(*overrides: str) -> DictConfig:
+    with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
+        return compose("config", overrides=list(overrides))
+
+
+@pytest.fixture
+def make_config(data_dir, tmp_path):
+    """compose(...) with the test data folder and a scratch weights/output location."""
+
+    def make(*overrides: str) -> DictConfig:
+        return compose_config(
+            f"paths.data_dir={data_dir}", f"paths.output_dir={tmp_path / 'outputs'}", "eval.num_workers=0", *overrides
+        )
+
+    return make
+
+
+# A quick run: 60 images per group, one small held-out set.
+QUICK = ("eval.max_samples=60", "eval.heldout=[pacs]")
