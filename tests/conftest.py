@@ -32,18 +32,25 @@ def data_dir() -> Path:
     return _prepare_assets().extract(target)
 
 
-def compose_config(*overrides: str) -> DictConfig:
+@pytest.fixture(scope="session")
+def shared_cache() -> Path:
+    """paths.cache_dir shared by the tests that only need its decoded-image cache."""
+    return REPO / ".cache" / "test-cache"
+
+
+def compose_config(*overrides: str, config_name: str = "config") -> DictConfig:
     with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
-        return compose("config", overrides=list(overrides))
+        return compose(config_name, overrides=list(overrides))
 
 
 @pytest.fixture
-def make_config(data_dir, tmp_path):
-    """compose(...) with the test data folder and a scratch weights/output location."""
+def make_config(data_dir, tmp_path, shared_cache):
+    """compose(...) with the test data folder, a scratch output folder and the shared cache."""
 
     def make(*overrides: str) -> DictConfig:
         return compose_config(
-            f"paths.data_dir={data_dir}", f"paths.output_dir={tmp_path / 'outputs'}", "eval.num_workers=0", *overrides
+            f"paths.data_dir={data_dir}", f"paths.output_dir={tmp_path / 'outputs'}", f"paths.cache_dir={shared_cache}",
+            "eval.num_workers=0", *overrides,
         )
 
     return make

@@ -6,16 +6,13 @@ wraps it in ``@hydra.main``.
 
 from __future__ import annotations
 
-import contextlib
 import logging
-import random
 import time
-from collections.abc import Iterator, Mapping
+from collections.abc import Mapping
 from functools import cache
 from pathlib import Path
 
 import numpy as np
-import torch
 from omegaconf import DictConfig, OmegaConf
 from torch.utils.data import Subset
 
@@ -26,43 +23,13 @@ from clip_unlearn.data.base import ImageDataset
 from clip_unlearn.errors import ConfigError
 from clip_unlearn.evaluation import EvalSet, Evaluator, subsample
 from clip_unlearn.methods.base import LazyDataset, UnlearnContext, UnlearningMethod
+from clip_unlearn.pretrain.oracle import ensure_oracle
+from clip_unlearn.pretrain.run import pretrain_metadata
+from clip_unlearn.runtime import log_to_file, resolve_device, seed_everything
+from clip_unlearn.scores import avg_gap
 from clip_unlearn.targets import ForgetTarget
 
 log = logging.getLogger(__name__)
-
-
-def seed_everything(seed: int) -> None:
-    random.seed(seed)
-    np.random.seed(seed)
-    torch.manual_seed(seed)
-
-
-def resolve_device(device: str) -> str:
-    if device == "auto":
-        return "cuda" if torch.cuda.is_available() else "cpu"
-    if device.startswith("cuda") and not torch.cuda.is_available():
-        raise ConfigError(f"device={device} but CUDA is not available here; use device=cpu or device=auto")
-    return device
-
-
-@contextlib.contextmanager
-def log_to_file(path: Path) -> Iterator[None]:
-    """Send log records to ``path`` unless a handler (Hydra's) already writes there."""
-    root = logging.getLogger()
-    if any(getattr(h, "baseFilename", None) == str(path.resolve()) for h in root.handlers):
-        yield
-        return
-    handler = logging.FileHandler(path)
-    handler.setFormatter(logging.Formatter("[%(asctime)s][%(name)s][%(levelname)s] - %(message)s"))
-    root.addHandler(handler)
-    previous_level = root.level
-    root.setLevel(min(previous_level, logging.INFO) if previous_level else logging.INFO)
-    try:
-        yield
-    finally:
-        root.removeHandler(handler)
-        root.setLevel(previous_level)
-        handler.close()
 
 
 def select_heldout(cfg: DictConfig, main: ImageDataset) -> list[ImageDataset]:
@@ -200,7 +167,8 @@ def _run(cfg: DictConfig, output_dir: Path, choices: dict, group: str | None) ->
 
         forget = LazyDataset(lambda: Subset(unlearn_split()[0], unlearn_split()[1]["forget"].tolist()))
         retain = LazyDataset(lambda: Subset(unlearn_split()[0], unlearn_split()[1]["retain"].tolist()))
-        context = UnlearnContext(classnames, dataset.templates, target_ids, backbone.tokenizer, device, int(cfg.seed))
+        context = UnlearnContext(classnames, dataset.templates, target_ids, backbone.tokenizer, device, int(cfg.seed),
+                                 target, backbone_cfg.get("checkpoint"), Path(cfg.paths.cache_dir))
 
         evaluator = Evaluator(
             sets, backbone.tokenizer, device, int(cfg.eval.batch_size), int(cfg.eval.num_workers),
@@ -241,6 +209,14 @@ def _run(cfg: DictConfig, output_dir: Path, choices: dict, group: str | None) ->
             "eval": {"before": before_stats, "after": after_stats},
             "method": {"name": method_name, "diagnostics": method.diagnostics},
         }
+        if cfg.eval.avg_gap and pretrain_metadata(backbone_cfg.get("checkpoint")):
+            # the backbone was pretrained here, so the exact-retrain oracle exists (or is trained once and cached)
+            log.info("evaluating the retrain oracle for Avg. Gap")
+            oracle_checkpoint = ensure_oracle(backbone_cfg["checkpoint"], target, cfg.paths.cache_dir)
+            oracle = load_backbone(**{**backbone_cfg, "checkpoint": str(oracle_checkpoint)}, device=device).model
+            oracle_results, metrics["eval"]["oracle"] = evaluator.evaluate(oracle)
+            metrics["oracle"] = _shape(oracle_results, dataset.name)
+            metrics["avg_gap"] = {"before": avg_gap(before, metrics["oracle"]), "after": avg_gap(after, metrics["oracle"])}
         metrics["optimized_metric"] = {"name": cfg.optimized_metric, "value": lookup(metrics, cfg.optimized_metric)}
         write_json(output_dir / METRICS_FILE, metrics)
         tracker.log(metrics)

@@ -5,6 +5,7 @@ from __future__ import annotations
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -22,6 +23,9 @@ class UnlearnContext:
     tokenizer: Any
     device: str
     seed: int
+    target: Any = None  # the ForgetTarget (classes, subgroup, merge) as configured
+    checkpoint: str | None = None  # the backbone's local weights file, if any
+    cache_dir: Path | None = None  # paths.cache_dir: where methods may cache expensive artefacts
 
 
 class LazyDataset(Dataset):

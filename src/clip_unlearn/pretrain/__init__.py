@@ -1,0 +1,1 @@
+"""Pretraining of small CLIP models on local labelled images (``clip-unlearn-pretrain``) and the retrain oracle."""

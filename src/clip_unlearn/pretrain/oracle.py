@@ -1,0 +1,66 @@
+"""The exact-retrain oracle: the same pretraining recipe run without the forget target's images, cached.
+
+The cache key is the pretraining config with the exclusion set to the target, minus what does not
+change the model (output folders, worker counts, the device), so a different target or recipe never
+reuses a wrong oracle and the same one is trained once.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import re
+from pathlib import Path
+
+from omegaconf import DictConfig, OmegaConf
+
+from clip_unlearn.errors import ConfigError
+from clip_unlearn.pretrain.run import METRICS_FILE, pretrain, pretrain_metadata, target_spec
+from clip_unlearn.targets import ForgetTarget
+
+log = logging.getLogger(__name__)
+
+# config keys that do not change the trained weights
+_IRRELEVANT = ("paths.output_dir", "paths.cache_dir", "paths.weights_dir", "device", "overwrite", "task_name",
+               "eval.num_workers", "eval.batch_size", "pretrain.eval_every", "pretrain.eval_max_samples")
+
+
+def oracle_config(pretrain_cfg: DictConfig, target: ForgetTarget) -> DictConfig:
+    cfg = OmegaConf.create(OmegaConf.to_container(pretrain_cfg, resolve=True))
+    cfg.pretrain.exclude = target_spec(target)
+    return cfg
+
+
+def oracle_key(pretrain_cfg: DictConfig, target: ForgetTarget) -> str:
+    container = OmegaConf.to_container(oracle_config(pretrain_cfg, target), resolve=True)
+    for dotted in _IRRELEVANT:
+        *parents, leaf = dotted.split(".")
+        node = container
+        for part in parents:
+            node = node.get(part, {})
+        node.pop(leaf, None)
+    return hashlib.sha1(json.dumps(container, sort_keys=True).encode()).hexdigest()[:16]
+
+
+def oracle_dir(pretrain_cfg: DictConfig, target: ForgetTarget, cache_dir: Path | str) -> Path:
+    label = re.sub(r"[^A-Za-z0-9_-]+", "_", f"{target.dataset}-{'+'.join(target.classes or ['all'])}")
+    return Path(cache_dir) / "oracles" / f"{label}-{oracle_key(pretrain_cfg, target)}"
+
+
+def ensure_oracle(checkpoint: str | Path | None, target: ForgetTarget, cache_dir: Path | str) -> Path:
+    """The oracle checkpoint for a backbone made by clip-unlearn-pretrain: from the cache, or trained now."""
+    metadata = pretrain_metadata(checkpoint)
+    if metadata is None:
+        raise ConfigError(
+            f"the retrain oracle needs a backbone made by clip-unlearn-pretrain (its folder holds pretrain_config.yaml); "
+            f"backbone.checkpoint={checkpoint}"
+        )
+    pretrain_cfg, _ = metadata
+    folder = oracle_dir(pretrain_cfg, target, cache_dir)
+    if (folder / METRICS_FILE).is_file():
+        log.info("retrain oracle from cache: %s", folder)
+    else:
+        log.info("training the retrain oracle (first use of this recipe and target; cached in %s)", folder)
+        pretrain(oracle_config(pretrain_cfg, target), folder)
+    return folder / "model.pt"
