@@ -58,3 +58,22 @@ def make_config(data_dir, tmp_path, shared_cache):
 
 # A quick run: 60 images per group, one small held-out set.
 QUICK = ("eval.max_samples=60", "eval.heldout=[pacs]")
+
+
+# The behavioural tests' model: the mini ModifiedResNet CLIP pretrained briefly on CIFAR-10 train.
+MINI_CLIP_RECIPE = ("backbone=mini_clip", "pretrain.datasets=[cifar10]", "pretrain.steps=300", "pretrain.batch_size=128",
+                    "pretrain.warmup_steps=30", "pretrain.eval_every=0", "eval.num_workers=0")
+
+
+@pytest.fixture(scope="session")
+def mini_clip(data_dir, shared_cache) -> Path:
+    """Checkpoint of a trained mini-CLIP, built once and kept in .cache/test-models between test runs."""
+    from clip_unlearn.pretrain.oracle import recipe_key
+    from clip_unlearn.pretrain.run import METRICS_FILE, pretrain
+
+    cfg = compose_config(f"paths.data_dir={data_dir}", f"paths.cache_dir={shared_cache}", *MINI_CLIP_RECIPE,
+                         config_name="pretrain")
+    folder = REPO / ".cache" / "test-models" / f"mini_clip-{recipe_key(cfg)}"
+    if not (folder / METRICS_FILE).is_file():
+        pretrain(cfg, folder)
+    return folder / "model.pt"

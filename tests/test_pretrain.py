@@ -39,9 +39,10 @@ def test_loss_matches_a_hand_computed_value():
     scale = torch.tensor(2.0)
     logits = scale * image @ text.T
     i2t = sum(-torch.log_softmax(logits[i], 0)[label[i]] for i in range(3)) / 3
-    # text 0's only positive is image 0; text 1's positives are images 1 and 2
+    # text 0's only positive is image 0; text 1's positives are images 1 and 2 (mean of their log-likelihoods)
     t0 = -torch.log(torch.exp(logits[0, 0]) / torch.exp(logits[:, 0]).sum())
-    t1 = -torch.log((torch.exp(logits[1, 1]) + torch.exp(logits[2, 1])) / torch.exp(logits[:, 1]).sum())
+    t1 = -(torch.log(torch.exp(logits[1, 1]) / torch.exp(logits[:, 1]).sum())
+           + torch.log(torch.exp(logits[2, 1]) / torch.exp(logits[:, 1]).sum())) / 2
     expected = (i2t + (t0 + t1) / 2) / 2
     torch.testing.assert_close(class_prompt_contrastive_loss(image, text, label, scale), expected)
 

@@ -26,7 +26,7 @@ from clip_unlearn.methods.base import LazyDataset, UnlearnContext, UnlearningMet
 from clip_unlearn.pretrain.oracle import ensure_oracle
 from clip_unlearn.pretrain.run import pretrain_metadata
 from clip_unlearn.runtime import log_to_file, resolve_device, seed_everything
-from clip_unlearn.scores import avg_gap
+from clip_unlearn.scores import all_scores, avg_gap
 from clip_unlearn.targets import ForgetTarget
 
 log = logging.getLogger(__name__)
@@ -217,6 +217,7 @@ def _run(cfg: DictConfig, output_dir: Path, choices: dict, group: str | None) ->
             oracle_results, metrics["eval"]["oracle"] = evaluator.evaluate(oracle)
             metrics["oracle"] = _shape(oracle_results, dataset.name)
             metrics["avg_gap"] = {"before": avg_gap(before, metrics["oracle"]), "after": avg_gap(after, metrics["oracle"])}
+        metrics["scores"] = all_scores(metrics)
         metrics["optimized_metric"] = {"name": cfg.optimized_metric, "value": lookup(metrics, cfg.optimized_metric)}
         write_json(output_dir / METRICS_FILE, metrics)
         tracker.log(metrics)

@@ -32,8 +32,9 @@ def oracle_config(pretrain_cfg: DictConfig, target: ForgetTarget) -> DictConfig:
     return cfg
 
 
-def oracle_key(pretrain_cfg: DictConfig, target: ForgetTarget) -> str:
-    container = OmegaConf.to_container(oracle_config(pretrain_cfg, target), resolve=True)
+def recipe_key(pretrain_cfg: DictConfig) -> str:
+    """A digest of everything in a pretraining config that changes the trained weights."""
+    container = OmegaConf.to_container(pretrain_cfg, resolve=True)
     for dotted in _IRRELEVANT:
         *parents, leaf = dotted.split(".")
         node = container
@@ -41,6 +42,10 @@ def oracle_key(pretrain_cfg: DictConfig, target: ForgetTarget) -> str:
             node = node.get(part, {})
         node.pop(leaf, None)
     return hashlib.sha1(json.dumps(container, sort_keys=True).encode()).hexdigest()[:16]
+
+
+def oracle_key(pretrain_cfg: DictConfig, target: ForgetTarget) -> str:
+    return recipe_key(oracle_config(pretrain_cfg, target))
 
 
 def oracle_dir(pretrain_cfg: DictConfig, target: ForgetTarget, cache_dir: Path | str) -> Path:

@@ -109,7 +109,8 @@ def _pretrain(cfg: DictConfig, output_dir: Path) -> dict:
             forget = exclude.groups(merged, exclude.classnames(dataset.classnames))["forget"]
             keep = np.setdiff1d(keep, forget)
             excluded[dataset.name] = int(len(forget))
-        decoded = decoded_images(dataset.name, dataset.unlearn_split, data, size, Path(cfg.paths.cache_dir) / "decoded")
+        decoded = decoded_images(dataset.name, dataset.unlearn_split, data, int(p.decode_size or size),
+                                 Path(cfg.paths.cache_dir) / "decoded")
         for name in dataset.classnames:
             if name not in templates:
                 classnames.append(name)
@@ -138,12 +139,12 @@ def _pretrain(cfg: DictConfig, output_dir: Path) -> dict:
 
     config = TrainConfig(
         steps=int(p.steps), batch_size=int(p.batch_size), lr=float(p.lr), weight_decay=float(p.weight_decay),
-        warmup_steps=int(p.warmup_steps), crop_padding=int(p.crop_padding), flip=bool(p.flip), seed=int(cfg.seed),
+        warmup_steps=int(p.warmup_steps), grad_clip=float(p.grad_clip), crop_padding=int(p.crop_padding), flip=bool(p.flip), seed=int(cfg.seed),
         eval_every=int(p.eval_every),
     )
     train_start = time.perf_counter()
-    history = train(model, images, labels, captions, preprocess_cfg["mean"], preprocess_cfg["std"], config, device,
-                    evaluate if p.eval_every else None)
+    history = train(model, images, labels, captions, preprocess_cfg["mean"], preprocess_cfg["std"], config, size,
+                    device, evaluate if p.eval_every else None)
     train_s = time.perf_counter() - train_start
 
     torch.save(model.state_dict(), output_dir / "model.pt")

@@ -48,6 +48,7 @@ class TrainConfig:
     lr: float
     weight_decay: float
     warmup_steps: int
+    grad_clip: float  # max global gradient norm (0 = off)
     crop_padding: int
     flip: bool
     seed: int
@@ -56,12 +57,16 @@ class TrainConfig:
 
 
 def augment(images: torch.Tensor, padding: int, flip: bool, generator: torch.Generator) -> torch.Tensor:
-    """Random crop after zero padding, and random horizontal flip, on a (B, 3, H, W) uint8 batch."""
-    batch, _, height, width = images.shape
+    """Random crop after zero padding, and random horizontal flip, on a (B, 3, H, W) uint8 batch (vectorised)."""
+    batch, channels, height, width = images.shape
     if padding:
         padded = nn.functional.pad(images, (padding,) * 4)
-        offsets = torch.randint(0, 2 * padding + 1, (batch, 2), generator=generator)
-        images = torch.stack([padded[i, :, y : y + height, x : x + width] for i, (y, x) in enumerate(offsets.tolist())])
+        top = torch.randint(0, 2 * padding + 1, (batch,), generator=generator)
+        left = torch.randint(0, 2 * padding + 1, (batch,), generator=generator)
+        rows = (top[:, None] + torch.arange(height))[:, None, :, None].expand(batch, channels, height, width + 2 * padding)
+        images = torch.gather(padded, 2, rows)
+        cols = (left[:, None] + torch.arange(width))[:, None, None, :].expand(batch, channels, height, width)
+        images = torch.gather(images, 3, cols)
     if flip:
         mirror = torch.rand(batch, generator=generator) < 0.5
         images = torch.where(mirror[:, None, None, None], images.flip(-1), images)
@@ -95,24 +100,31 @@ def train(
     mean: tuple[float, ...],
     std: tuple[float, ...],
     config: TrainConfig,
+    input_size: int,
     device: str = "cpu",
     evaluate: Callable[[nn.Module, int], dict] | None = None,
 ) -> list[dict]:
-    """Train in place; returns the history (loss, lr, temperature, time and any evaluation every ``eval_every``)."""
+    """Train in place; returns the history (loss, lr, temperature, time and any evaluation every ``eval_every``).
+
+    ``images`` are augmented at their stored size, then resized (bicubic, as open_clip's eval transform) to
+    ``input_size``: a 32-px image fed at 64 px keeps a 2x2 map at a ModifiedResNet's attention pool.
+    """
     generator = torch.Generator().manual_seed(config.seed)
     optimizer = torch.optim.AdamW(param_groups(model, config.weight_decay), lr=config.lr, betas=(0.9, 0.98), eps=1e-6)
-    mean_t = torch.tensor(mean, device=device).view(1, 3, 1, 1) * 255
-    std_t = torch.tensor(std, device=device).view(1, 3, 1, 1) * 255
+    mean_t = torch.tensor(mean, device=device).view(1, 3, 1, 1)
+    std_t = torch.tensor(std, device=device).view(1, 3, 1, 1)
     order = torch.empty(0, dtype=torch.long)
     history, start, running = [], time.perf_counter(), []
-    model.train()
+    model.to(memory_format=torch.channels_last).train()
     progress = tqdm(range(config.steps), desc="pretrain", unit="step")
     for step in progress:
         if len(order) < config.batch_size:  # a fresh permutation per epoch, drawn from the seeded generator
             order = torch.cat([order, torch.randperm(len(images), generator=generator)])
         batch, order = order[: config.batch_size], order[config.batch_size :]
-        x = augment(images[batch], config.crop_padding, config.flip, generator).to(device).float()
-        x = (x - mean_t) / std_t
+        x = augment(images[batch], config.crop_padding, config.flip, generator).to(device).float() / 255
+        if x.shape[-1] != input_size:
+            x = nn.functional.interpolate(x, size=(input_size, input_size), mode="bicubic", align_corners=False)
+        x = ((x - mean_t) / std_t).contiguous(memory_format=torch.channels_last)  # faster CPU convolutions
         classes, image_class = torch.unique(labels[batch], return_inverse=True)
         tokens = captions.sample(classes, generator).to(device)
         for group in optimizer.param_groups:
@@ -122,6 +134,8 @@ def train(
         loss = class_prompt_contrastive_loss(image_features, text_features, image_class.to(device), model.logit_scale.exp())
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
+        if config.grad_clip:
+            nn.utils.clip_grad_norm_(model.parameters(), config.grad_clip)
         optimizer.step()
         with torch.no_grad():
             model.logit_scale.clamp_(0, MAX_LOGIT_SCALE)
