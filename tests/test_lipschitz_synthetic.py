@@ -53,8 +53,10 @@ def test_generation_raises_target_probability_above_threshold(mini_clip, space):
     backbone = load_backbone("clip-unlearn-mini-rn", checkpoint=str(mini_clip))
     model, tokenizer = backbone.model, backbone.tokenizer
     target = CIFAR10.index("cat")
+    # min_prob = high_prob: a slot that fails must not back the threshold off below the 0.9 this test asserts
     generator = ClassVisualiser({"n_images": 4, "max_iterations": 300, "max_jitter": 2, "batch_size": 4,
-                                 "high_prob": 0.9, "input_space": space, "cache": False})
+                                 "high_prob": 0.9, "min_prob": 0.9, "max_attempts": 40, "input_space": space,
+                                 "cache": False})
     synthetic = generator.generate(model, tokenizer, CIFAR10, TEMPLATES, [target], seed=0)
     size = model.visual.image_size
     size = (size, size) if isinstance(size, int) else tuple(size)
