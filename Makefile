@@ -22,8 +22,11 @@ test:  ## the default test suite (CPU, offline)
 test-full:  ## every test, the slow behavioural ones included
 	$(PYTHON) -m pytest -m "slow or not slow"
 
-sweep: data  ## a 3 x 2 multirun grid: nullspace strength x forget target
-	clip-unlearn -m paths.data_dir=$(DATA_DIR) method.alpha=0,0.5,1.0 forget=cifar10/cat,cifar10/dog
+SWEEP_DIR ?= outputs/multiruns/make-sweep
+
+sweep: data  ## a 3 x 2 multirun grid (nullspace strength x forget target), then its table and plots
+	clip-unlearn -m paths.data_dir=$(DATA_DIR) hydra.sweep.dir=$(SWEEP_DIR) method.alpha=0,0.5,1.0 forget=cifar10/cat,cifar10/dog
+	clip-unlearn-collect $(SWEEP_DIR)
 
 clean:  ## remove caches and build files (keeps outputs/ and data/)
 	rm -rf .pytest_cache build dist src/*.egg-info .cache/test-data

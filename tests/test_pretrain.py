@@ -95,8 +95,10 @@ def test_oracle_cache_key_separates_targets_and_recipes(pretrain_config, tmp_pat
     assert oracle_key(cfg, cat) != oracle_key(pretrain_config("pretrain.steps=13"), cat)
     assert oracle_key(cfg, cat) != oracle_key(pretrain_config("seed=1"), cat)
     assert oracle_key(cfg, load_target("pacs/dog_sketch")) != oracle_key(cfg, load_target("pacs/sketch"))
-    # output folders, workers and evaluation cadence do not change the weights: same oracle
-    same = pretrain_config("paths.output_dir=/elsewhere", "eval.num_workers=3", "pretrain.eval_every=5")
+    assert oracle_key(cfg, cat) != oracle_key(pretrain_config("eval.datasets.pacs.templates=simple_imagenet"), cat)
+    # output folders, evaluation settings and cadence do not change the weights: same oracle
+    same = pretrain_config("paths.output_dir=/elsewhere", "eval.num_workers=3", "pretrain.eval_every=5",
+                           "eval.max_samples=7", "eval.heldout=[]")
     assert oracle_key(cfg, cat) == oracle_key(same, cat)
     assert oracle_dir(cfg, cat, tmp_path) != oracle_dir(cfg, dog, tmp_path)
 

@@ -9,6 +9,7 @@ import torch
 
 from clip_unlearn.errors import ConfigError
 from clip_unlearn.runner import run
+from clip_unlearn.stages import Stages
 
 from conftest import QUICK
 
@@ -33,7 +34,8 @@ def test_metrics_schema_and_run_files(make_config, tmp_path):
     assert set(metrics["times"]) == {"load_s", "eval_before_s", "unlearn_time_s", "eval_after_s", "total_s"}
     assert metrics["eval"]["before"]["features"] == "encoded" and metrics["eval"]["before"]["images_per_s"] > 0
     assert metrics["method"]["diagnostics"]["basis_rank"] == 18  # one direction per CIFAR-10 prompt
-    assert metrics["optimized_metric"] == {"name": "after.forget.top1", "value": metrics["after"]["forget"]["top1"]}
+    assert metrics["optimized_metric"] == {"name": "scores.unlearn_score.value",
+                                           "value": metrics["scores"]["unlearn_score"]["value"]}
     assert metrics["run"]["read_forget_images"] is False  # nullspace is data-free
     env = json.loads((out / "env.json").read_text())
     assert env["seed"] == 0 and env["packages"]["torch"] == torch.__version__.split("+")[0]
@@ -103,3 +105,46 @@ def test_heldout_auto_takes_every_other_available_dataset(make_config, tmp_path)
     metrics = run(make_config("eval.max_samples=20", "method=original",
                               "eval.datasets.imagenet1k.templates=simple_imagenet"), tmp_path / "run")
     assert set(metrics["before"]["heldout"]) == {"imagenet1k", "tiny_imagenet", "pacs"}
+
+
+def test_finished_run_of_the_same_config_is_skipped(make_config, tmp_path):
+    out = tmp_path / "run"
+    first = run(make_config(*QUICK), out)
+    written = (out / "metrics.json").read_bytes()
+    assert run(make_config(*QUICK), out) == first  # skip_done=true (default): read back, not recomputed
+    assert (out / "metrics.json").read_bytes() == written
+    assert "skipped (skip_done=true)" in (out / "run.log").read_text()
+    with pytest.raises(ConfigError, match="already holds a finished run"):
+        run(make_config(*QUICK, "skip_done=false"), out)
+
+
+def test_interrupted_run_resumes_from_its_last_completed_stage(make_config, tmp_path):
+    out = tmp_path / "run"
+    crash_once = ("method=original", "method._target_=sleepy_method.FailOnce", f"+method.marker={tmp_path / 'crashed'}")
+    with pytest.raises(RuntimeError, match="interrupted while unlearning"):
+        run(make_config(*QUICK, *crash_once), out)
+    assert (out / "stages" / "original_eval.pt").exists() and not (out / "metrics.json").exists()
+    tracker_id = (out / "tracker_id").read_text()
+    with pytest.raises(ConfigError, match="unfinished run of another config"):
+        run(make_config(*QUICK, *crash_once, "seed=1"), out)
+    metrics = run(make_config(*QUICK, *crash_once), out)
+    assert metrics["run"]["resumed_stages"] == ["original_eval"]
+    assert metrics["after"] == metrics["before"]
+    assert (out / "tracker_id").read_text() == tracker_id  # the same W&B run continues
+    assert not (out / "stages").exists()
+    assert (out / "run.log").read_text().count("evaluating the original model") == 1
+
+
+def test_run_resumed_after_its_unlearned_stage_gives_the_same_metrics(make_config, tmp_path, monkeypatch):
+    out = tmp_path / "run"
+    monkeypatch.setattr(Stages, "clear", lambda self: None)  # keep the stages of a finished run
+    fresh = run(make_config(*QUICK, "method.alpha=0.7"), out)
+    (out / "metrics.json").unlink()  # as if the job died after unlearning, before writing its metrics
+    resumed = run(make_config(*QUICK, "method.alpha=0.7"), out)
+    assert resumed["run"]["resumed_stages"] == ["original_eval", "unlearned"]
+    assert fresh["run"]["resumed_stages"] == []
+    assert resumed["before"] == fresh["before"]
+    # the fresh run maps cached features through the projection, the resumed one re-encodes: equal up to rounding
+    assert resumed["after"]["forget"].pop("target_cos") == pytest.approx(fresh["after"]["forget"].pop("target_cos"), abs=1e-5)
+    assert resumed["after"] == fresh["after"]
+    assert resumed["method"]["diagnostics"] == json.loads(json.dumps(fresh["method"]["diagnostics"]))

@@ -16,18 +16,21 @@ import numpy as np
 from omegaconf import DictConfig, OmegaConf
 from torch.utils.data import Subset
 
-from clip_unlearn.artifacts import METRICS_FILE, environment, guard_output_dir, write_json
+from clip_unlearn.artifacts import CONFIG_FILE, METRICS_FILE, environment, prepare_output_dir, write_json
 from clip_unlearn.backbone import load_backbone, resolve_weights
 from clip_unlearn.config import build
 from clip_unlearn.data.base import ImageDataset
 from clip_unlearn.errors import ConfigError
 from clip_unlearn.evaluation import EvalSet, Evaluator, subsample
 from clip_unlearn.methods.base import LazyDataset, UnlearnContext, UnlearningMethod
+from clip_unlearn.mia import MembershipInference, mia_metrics
 from clip_unlearn.pretrain.oracle import ensure_oracle
 from clip_unlearn.pretrain.run import pretrain_metadata
 from clip_unlearn.runtime import log_to_file, resolve_device, seed_everything
 from clip_unlearn.scores import all_scores, avg_gap
+from clip_unlearn.stages import Stages
 from clip_unlearn.targets import ForgetTarget
+from clip_unlearn.tracking import tracker_run_id
 
 log = logging.getLogger(__name__)
 
@@ -101,12 +104,15 @@ def run(
     """Run one configured unlearning experiment into ``output_dir``; returns the metrics written there.
 
     ``choices`` are the config-group choices (Hydra's ``runtime.choices``) used to name and tag the
-    tracker run; ``group`` groups the runs of one sweep in the tracker.
+    tracker run; ``group`` groups the runs of one sweep in the tracker. A folder holding an unfinished run of
+    the same config resumes it; one holding a finished run is skipped or refused (``artifacts.prepare_output_dir``).
     """
     output_dir = Path(output_dir)
-    guard_output_dir(output_dir, bool(cfg.get("overwrite", False)))
     output_dir.mkdir(parents=True, exist_ok=True)
     with log_to_file(output_dir / "run.log"):
+        finished = prepare_output_dir(output_dir, cfg)
+        if finished is not None:
+            return finished
         return _run(cfg, output_dir, dict(choices or {}), group)
 
 
@@ -128,7 +134,7 @@ def _run(cfg: DictConfig, output_dir: Path, choices: dict, group: str | None) ->
                     backbone_cfg.get("cache_dir"))
     heldout = select_heldout(cfg, dataset)
 
-    OmegaConf.save(cfg, output_dir / "config.yaml", resolve=True)
+    OmegaConf.save(cfg, output_dir / CONFIG_FILE, resolve=True)
     write_json(output_dir / "env.json", environment(int(cfg.seed), device))
     method_name = choices.get("method") or type(method).__name__
     run_info = {
@@ -136,7 +142,9 @@ def _run(cfg: DictConfig, output_dir: Path, choices: dict, group: str | None) ->
         "job_type": method_name,
         "tags": [f"{k}:{v}" for k, v in sorted(choices.items()) if v and not k.startswith("hydra")],
         "group": group,
+        "id": tracker_run_id(output_dir),
     }
+    stages = Stages(output_dir, bool(cfg.resume))
     tracker = build(cfg.logger)
     tracker.start(OmegaConf.to_container(cfg, resolve=True), run_info, output_dir)
     failed = True
@@ -174,14 +182,37 @@ def _run(cfg: DictConfig, output_dir: Path, choices: dict, group: str | None) ->
             sets, backbone.tokenizer, device, int(cfg.eval.batch_size), int(cfg.eval.num_workers),
             tuple(cfg.eval.topk), bool(cfg.eval.reuse_features),
         )
-        log.info("evaluating the original model")
-        before, before_stats = evaluator.evaluate(model)
-        log.info("unlearning with %s", method_name)
-        unlearn_start = time.perf_counter()
-        model = method.unlearn(model, forget, retain, context)
-        unlearn_s = time.perf_counter() - unlearn_start
+        mia = None
+        if cfg.eval.get("mia", False):  # own dataset objects: `forget.loaded` keeps meaning "the method read them"
+            train_data, train_groups = unlearn_split()
+            mia = MembershipInference.for_target(
+                train_data, train_groups["forget"], main_data, target.groups(main_data, classnames)["forget"],
+                cfg.eval.mia_max_samples, classnames, dataset.templates, backbone.tokenizer, device,
+                int(cfg.eval.mia_folds), int(cfg.seed), int(cfg.eval.batch_size), int(cfg.eval.num_workers))
+        original = stages.get("original_eval")
+        if original is None:
+            log.info("evaluating the original model")
+            original = dict(zip(("results", "stats"), evaluator.evaluate(model)))
+            if mia is not None:
+                log.info("membership inference on the original model")
+                original["mia"] = mia(model)
+            stages.put("original_eval", original)
+        before, before_stats = original["results"], original["stats"]
+
+        unlearned = stages.get("unlearned")
+        if unlearned is None:
+            log.info("unlearning with %s", method_name)
+            unlearn_start = time.perf_counter()
+            model = method.unlearn(model, forget, retain, context)
+            unlearned = {"unlearn_s": time.perf_counter() - unlearn_start, "diagnostics": method.diagnostics,
+                         "image_map": method.image_embedding_map(), "read_forget_images": forget.loaded,
+                         "state_dict": model.state_dict()}
+            stages.put("unlearned", unlearned)
+        else:
+            model.load_state_dict(unlearned["state_dict"])
+        unlearn_s = unlearned["unlearn_s"]
         log.info("evaluating the unlearned model")
-        after, after_stats = evaluator.evaluate(model, method.image_embedding_map())
+        after, after_stats = evaluator.evaluate(model, unlearned["image_map"])
 
         before, after = _shape(before, dataset.name), _shape(after, dataset.name)
         metrics = {
@@ -194,7 +225,8 @@ def _run(cfg: DictConfig, output_dir: Path, choices: dict, group: str | None) ->
                 "method": method_name,
                 "seed": int(cfg.seed),
                 "choices": choices,
-                "read_forget_images": forget.loaded,
+                "read_forget_images": unlearned["read_forget_images"],
+                "resumed_stages": stages.restored,
             },
             "before": before,
             "after": after,
@@ -207,8 +239,11 @@ def _run(cfg: DictConfig, output_dir: Path, choices: dict, group: str | None) ->
                 "total_s": time.perf_counter() - start,
             },
             "eval": {"before": before_stats, "after": after_stats},
-            "method": {"name": method_name, "diagnostics": method.diagnostics},
+            "method": {"name": method_name, "diagnostics": unlearned["diagnostics"]},
         }
+        if mia is not None:
+            log.info("membership inference on the unlearned model")
+            metrics["mia"] = mia_metrics(original["mia"], mia(model))
         if cfg.eval.avg_gap and pretrain_metadata(backbone_cfg.get("checkpoint")):
             # the backbone was pretrained here, so the exact-retrain oracle exists (or is trained once and cached)
             log.info("evaluating the retrain oracle for Avg. Gap")
@@ -220,6 +255,7 @@ def _run(cfg: DictConfig, output_dir: Path, choices: dict, group: str | None) ->
         metrics["scores"] = all_scores(metrics)
         metrics["optimized_metric"] = {"name": cfg.optimized_metric, "value": lookup(metrics, cfg.optimized_metric)}
         write_json(output_dir / METRICS_FILE, metrics)
+        stages.clear()
         tracker.log(metrics)
         log.info(
             "forget top1 %.2f -> %.2f | retain top1 %.2f -> %.2f | unlearn %.2fs | metrics: %s",

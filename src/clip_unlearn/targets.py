@@ -9,6 +9,11 @@ A target config (``conf/forget/...``) holds
   use the coarse name), recording each sample's fine class in the ``fine_class`` attribute, so that
   "forget marmoset, keep the other monkeys" is ``classes: [monkey]``, ``subgroup: {fine_class: [marmoset]}``.
 
+A subgroup's values may come from a text file, ``{attribute: {file: <path>}}`` (one value per line, ``#`` comments;
+a relative path is relative to ``conf/``). That is how a subgroup without a metadata attribute is given as a list
+of images: the ``image`` attribute (a sample's path relative to the dataset root, e.g. ``test/airplane/0007.jpg``;
+CIFAR-10 has it) identifies one image, so a list may name images of every split and each split matches its own.
+
 Evaluation groups: ``forget`` (the target), ``retain`` (everything else in the dataset) and, for a
 subgroup target, ``siblings`` (the target classes' other subgroups) and ``other_classes``.
 """
@@ -17,11 +22,15 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import numpy as np
 
+from clip_unlearn.config import config_dir
 from clip_unlearn.data.base import LabeledImages
 from clip_unlearn.errors import ConfigError
+
+IMAGE_ATTRIBUTE = "image"  # one image's identity (path relative to the dataset root): a subgroup given as an image list
 
 
 @dataclass(frozen=True)
@@ -39,8 +48,7 @@ class ForgetTarget:
         classes = cfg.get("classes")
         if isinstance(classes, str):
             classes = [classes]
-        subgroup = {k: tuple(v) if isinstance(v, Sequence) and not isinstance(v, str) else (v,)
-                    for k, v in (cfg.get("subgroup") or {}).items()}
+        subgroup = {k: _subgroup_values(k, v) for k, v in (cfg.get("subgroup") or {}).items()}
         merge = {k: tuple(v) for k, v in (cfg.get("merge") or {}).items()}
         if classes is None and not subgroup:
             raise ConfigError("forget: `classes: null` (every class) needs a `subgroup` to select, e.g. {domain: [sketch]}")
@@ -102,7 +110,7 @@ class ForgetTarget:
             column = np.asarray(data.attributes[attribute], dtype=object)
             present = set(column.tolist())
             unknown = [v for v in values if v not in present]
-            if unknown:
+            if unknown and attribute != IMAGE_ATTRIBUTE:  # an image list may name images of the other splits
                 raise ConfigError(f"forget.subgroup.{attribute}: unknown value {unknown}; {_choices(sorted(present))}")
             in_subgroup &= np.isin(column, list(values))
         forget = in_classes & in_subgroup
@@ -113,6 +121,20 @@ class ForgetTarget:
             groups["siblings"] = np.flatnonzero(in_classes & ~in_subgroup)
             groups["other_classes"] = np.flatnonzero(~in_classes)
         return groups
+
+
+def _subgroup_values(attribute: str, values) -> tuple:
+    if isinstance(values, Mapping):
+        if set(values) != {"file"}:
+            raise ConfigError(f"forget.subgroup.{attribute}: a mapping must be {{file: <path>}}; got keys {sorted(values)}")
+        path = Path(values["file"])
+        path = path if path.is_absolute() else config_dir() / path
+        if not path.is_file():
+            raise ConfigError(f"forget.subgroup.{attribute}.file={values['file']!r}: {path} not found "
+                              "(a relative path is relative to the conf/ folder)")
+        lines = [line.split("#", 1)[0].strip() for line in path.read_text().splitlines()]
+        return tuple(line for line in lines if line)
+    return tuple(values) if isinstance(values, Sequence) and not isinstance(values, str) else (values,)
 
 
 def _choices(values: Sequence[str], limit: int = 30) -> str:

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import logging
 import os
+import secrets
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -27,6 +28,19 @@ def flatten(tree: Mapping, prefix: str = "", sep: str = "/") -> dict[str, Any]:
         else:
             flat[name] = value
     return flat
+
+
+def tracker_run_id(output_dir: Path) -> str:
+    """The tracker's run id for this output folder: made once, read back when a requeued job resumes, so its
+    W&B run continues (``resume="allow"``) instead of a second run appearing."""
+    from clip_unlearn.artifacts import TRACKER_ID_FILE
+
+    path = Path(output_dir) / TRACKER_ID_FILE
+    if path.exists():
+        return path.read_text().strip()
+    run_id = secrets.token_hex(8)
+    path.write_text(run_id)
+    return run_id
 
 
 class NoLogger:

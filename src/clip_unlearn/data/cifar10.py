@@ -27,9 +27,12 @@ class CIFAR10(ImageDataset):
     def _load(self, split: str) -> LabeledImages:
         if (self.root / split).is_dir() and not self._torchvision_present():
             paths, labels, _ = scan_class_folders(self.root / split, {c: i for i, c in enumerate(self.classnames)})
-            return LabeledImages(FileReader(paths), labels, {"path": [str(p) for p in paths]})
+            return LabeledImages(FileReader(paths), labels, {"path": [str(p) for p in paths],
+                                                             "image": [p.relative_to(self.root).as_posix() for p in paths]})
         dataset = TorchvisionCIFAR10(str(self.root), train=split == "train", download=self.download)
-        return LabeledImages(_TorchvisionReader(dataset), dataset.targets)
+        # `image` (a subgroup given as an image list, see targets.py): the index within torchvision's pickled split
+        return LabeledImages(_TorchvisionReader(dataset), dataset.targets,
+                             {"image": [f"{split}/{i}" for i in range(len(dataset))]})
 
     def _missing_hint(self, split: str) -> str:
         return f"Expected torchvision's cifar-10-batches-py/ or an ImageFolder tree {split}/<class>/ there."

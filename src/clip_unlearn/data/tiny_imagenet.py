@@ -17,8 +17,11 @@ class TinyImageNet(ImageDataset):
 
     @property
     def classnames(self) -> list[str]:
-        if self._classnames:
-            return self._classnames
+        return self._classnames or self._words_classnames
+
+    @cached_property
+    def _words_classnames(self) -> list[str]:
+        # cached: callers index classnames per image, and words.txt has 82 000 lines
         words = dict(line.split("\t", 1) for line in (self.root / "words.txt").read_text().splitlines() if "\t" in line)
         return [words[w].split(",")[0].strip() for w in self.wnids]
 

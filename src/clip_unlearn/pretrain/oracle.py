@@ -21,9 +21,8 @@ from clip_unlearn.targets import ForgetTarget
 
 log = logging.getLogger(__name__)
 
-# config keys that do not change the trained weights
-_IRRELEVANT = ("paths.output_dir", "paths.cache_dir", "paths.weights_dir", "device", "overwrite", "task_name",
-               "eval.num_workers", "eval.batch_size", "pretrain.eval_every", "pretrain.eval_max_samples")
+# pretrain.* fields that only change what is reported, not the trained weights
+_REPORTING_ONLY = ("eval_every", "eval_max_samples")
 
 
 def oracle_config(pretrain_cfg: DictConfig, target: ForgetTarget) -> DictConfig:
@@ -33,15 +32,18 @@ def oracle_config(pretrain_cfg: DictConfig, target: ForgetTarget) -> DictConfig:
 
 
 def recipe_key(pretrain_cfg: DictConfig) -> str:
-    """A digest of everything in a pretraining config that changes the trained weights."""
+    """A digest of exactly what determines the trained weights: the seed, the architecture, the pretraining
+    recipe and the configs of the datasets trained on. An allow-list, so that a new evaluation or output knob
+    never invalidates cached oracles (nor makes two different recipes share one)."""
     container = OmegaConf.to_container(pretrain_cfg, resolve=True)
-    for dotted in _IRRELEVANT:
-        *parents, leaf = dotted.split(".")
-        node = container
-        for part in parents:
-            node = node.get(part, {})
-        node.pop(leaf, None)
-    return hashlib.sha1(json.dumps(container, sort_keys=True).encode()).hexdigest()[:16]
+    recipe = {key: value for key, value in container["pretrain"].items() if key not in _REPORTING_ONLY}
+    key = {
+        "seed": container["seed"],
+        "backbone": {k: v for k, v in container["backbone"].items() if k not in ("cache_dir", "device")},
+        "pretrain": recipe,
+        "datasets": {name: container["eval"]["datasets"][name] for name in recipe["datasets"]},
+    }
+    return hashlib.sha1(json.dumps(key, sort_keys=True).encode()).hexdigest()[:16]
 
 
 def oracle_key(pretrain_cfg: DictConfig, target: ForgetTarget) -> str:
