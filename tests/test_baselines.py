@@ -113,7 +113,9 @@ def test_emmn_makes_error_maximising_and_minimising_noise(setup):
     noise = unlearner.diagnostics["noise"]
     # 10 CIFAR-10 classes: the forgotten one gets maximising noise, the nine others minimising noise
     assert noise["maximising"]["images"] == 2 and noise["minimising"]["images"] == 18
-    assert noise["maximising"]["final_ce"] > 2.0 > noise["minimising"]["final_ce"]
+    maximising, minimising = noise["maximising"], noise["minimising"]
+    assert maximising["final_ce"] > maximising["initial_ce"] and minimising["final_ce"] < minimising["initial_ce"]
+    assert maximising["final_ce"] > minimising["final_ce"]
     assert set(unlearner.diagnostics["phases"]) == {"impair", "repair"}
 
 

@@ -42,14 +42,17 @@ def test_launchers_compose_to_their_hydra_plugin(launcher, plugin):
         assert any(line.startswith("export WANDB_MODE=") for line in cfg.hydra.launcher.setup)
 
 
-@pytest.mark.parametrize("search", ["nullspace_optuna", "lipschitz_synthetic_optuna"])
-def test_optuna_overlays_compose(search):
+@pytest.mark.parametrize("search, method", [
+    ("nullspace_optuna", "nullspace"), ("lipschitz_synthetic_optuna", "lipschitz_synthetic"), ("ssd_optuna", "ssd"),
+    ("targeted_subgroup_optuna", "targeted_subgroup"), ("finetuning_optuna", "grad_ascent"),
+    ("finetuning_optuna", "task_negation")])
+def test_optuna_overlays_compose_over_existing_knobs(search, method):
     with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
-        cfg = compose("config", overrides=[f"hparams_search={search}"], return_hydra_config=True)
+        cfg = compose("config", overrides=[f"method={method}", f"hparams_search={search}"], return_hydra_config=True)
     assert cfg.hydra.sweeper._target_.endswith("OptunaSweeper") and cfg.hydra.sweeper.params
-    method = search.removesuffix("_optuna")
-    assert cfg.method._target_.rsplit(".", 1)[-1].lower().replace("_", "") == method.replace("_", "")
-    assert all(key.startswith("method.") for key in cfg.hydra.sweeper.params)
+    assert cfg.method._target_.rsplit(".", 1)[-1].lower() == method.replace("_", "")
+    for key in cfg.hydra.sweeper.params:  # every searched knob is a field of the method's config
+        assert key.startswith("method.") and OmegaConf.select(cfg, key) is not None, key
 
 
 def _finished(sweep: Path) -> dict[str, dict]:

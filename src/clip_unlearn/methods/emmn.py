@@ -63,6 +63,8 @@ class EMMN(FineTuningMethod):
         sign = -1.0 if maximise else 1.0
         model.eval()
         kind = "maximising" if maximise else "minimising"
+        with torch.no_grad():
+            initial = F.cross_entropy(zero_shot_logits(model, noise, weights), labels).item()
         for _ in tqdm(range(self.noise_steps), desc=f"EMMN error-{kind} noise", unit="step", leave=False):
             ce = F.cross_entropy(zero_shot_logits(model, noise, weights), labels)
             loss = sign * ce + self.noise_l2 * noise.pow(2).flatten(1).sum(1).mean()
@@ -71,7 +73,8 @@ class EMMN(FineTuningMethod):
             optimiser.step()
         with torch.no_grad():
             final = F.cross_entropy(zero_shot_logits(model, noise, weights), labels).item()
-        self.diagnostics.setdefault("noise", {})[kind] = {"images": len(labels), "final_ce": final}
+        self.diagnostics.setdefault("noise", {})[kind] = {"images": len(labels), "initial_ce": initial,
+                                                                "final_ce": final}
         return TensorDataset(noise.detach(), labels)
 
     def unlearn(self, model, forget, retain, context):
