@@ -48,6 +48,12 @@ def test_bad_folds_are_a_config_error(folds):
         attack_accuracy(torch.zeros(10), torch.ones(10), folds=folds)
 
 
+def test_fewer_than_two_folds_are_refused_before_any_image_is_encoded():
+    never_read = TensorDataset(torch.zeros(0))  # empty: reading it would fail differently
+    with pytest.raises(ConfigError, match=r"eval.mia_folds=1 must be an integer >= 2"):
+        MembershipInference(never_read, never_read, ["a", "b"], ["{}"], tokenizer=None, folds=1)
+
+
 class _MemorisingClip(nn.Module):
     """A linear 'CLIP' on flat inputs: class texts are fixed orthogonal directions, the image side can memorise."""
 

@@ -1,10 +1,10 @@
-"""Diagonal (empirical) Fisher information per weight tensor, and the relative Fisher ranking of P1.
+"""Diagonal (empirical) Fisher information of weights, and the relative Fisher ranking of P1.
 
-The Fisher of a scalar per-sample score s(x) w.r.t. a weight tensor W is estimated as the mean over
-batches of the squared gradient of the batch's summed score (batch size 1 = the exact empirical Fisher
-diagonal; larger batches are a cheaper approximation), reduced to one number per tensor by its mean over
-the tensor's entries. P1 ranks layers by ``I_l = F_l(forget) / F_l(retain)``: the layers whose
-parameters matter most for the forget subgroup relative to what must be kept.
+The Fisher of a scalar per-sample score s(x) w.r.t. a weight W is estimated as the mean over batches of the
+squared gradient of the batch's summed score (batch size 1 = the exact empirical Fisher diagonal; larger batches
+are a cheaper approximation): per entry for SSD (``fisher_diagonals``), reduced to one number per tensor by the
+mean over its entries for P1 (``diagonal_fisher``). P1 ranks layers by ``I_l = F_l(forget) / F_l(retain)``: the
+layers whose parameters matter most for the forget subgroup relative to what must be kept.
 """
 
 from __future__ import annotations
@@ -18,27 +18,41 @@ from tqdm.auto import tqdm
 Batch = tuple[torch.Tensor, torch.Tensor]
 
 
-def diagonal_fisher(
+def fisher_diagonals(
     model: nn.Module,
     weight_names: Sequence[str],
     batches: Iterable[Batch],
     score: Callable[[nn.Module, torch.Tensor, torch.Tensor], torch.Tensor],
     desc: str = "fisher",
-) -> dict[str, float]:
-    """Mean squared gradient of ``score(model, images, labels)`` (one value per sample, summed) per named weight."""
+    total: int | None = None,
+) -> dict[str, torch.Tensor]:
+    """Per entry of each named weight: the mean over batches of the squared gradient of the batch's summed
+    ``score(model, images, labels)`` (one value per sample). SSD uses these as they are."""
     parameters = dict(model.named_parameters())
     weights = [parameters[name] for name in weight_names]
-    totals = [torch.zeros((), dtype=torch.float64) for _ in weights]
+    totals = [torch.zeros_like(weight) for weight in weights]
     count = 0
-    for images, labels in tqdm(list(batches), desc=desc, unit="batch", leave=False):
+    for images, labels in tqdm(batches, desc=desc, unit="batch", leave=False, total=total):
         gradients = torch.autograd.grad(score(model, images, labels).sum(), weights, allow_unused=True)
-        for i, gradient in enumerate(gradients):
+        for accumulated, gradient in zip(totals, gradients):
             if gradient is not None:
-                totals[i] += gradient.detach().double().pow(2).mean().cpu()
+                accumulated += gradient.detach().pow(2)
         count += 1
     if count == 0:
-        raise ValueError("diagonal_fisher needs at least one batch")
-    return {name: float(total / count) for name, total in zip(weight_names, totals)}
+        raise ValueError("the Fisher estimate needs at least one batch")
+    return {name: accumulated / count for name, accumulated in zip(weight_names, totals)}
+
+
+def diagonal_fisher(
+    model: nn.Module,
+    weight_names: Sequence[str],
+    batches: Sequence[Batch],
+    score: Callable[[nn.Module, torch.Tensor, torch.Tensor], torch.Tensor],
+    desc: str = "fisher",
+) -> dict[str, float]:
+    """``fisher_diagonals`` reduced to one number per weight tensor (the mean over its entries): P1's layer score."""
+    diagonals = fisher_diagonals(model, weight_names, batches, score, desc, total=len(batches))
+    return {name: diagonal.double().mean().item() for name, diagonal in diagonals.items()}
 
 
 def relative_fisher_ranking(forget: dict[str, float], retain: dict[str, float], eps: float) -> list[dict]:

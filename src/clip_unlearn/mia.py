@@ -101,6 +101,8 @@ class MembershipInference:
     def __init__(self, members: Dataset, nonmembers: Dataset, classnames: Sequence[str], templates: Sequence[str],
                  tokenizer, device: str = "cpu", folds: int = 5, seed: int = 0, batch_size: int = 256,
                  num_workers: int = 0):
+        if int(folds) < 2:  # checked before any image is encoded; the sample-size bound is checked per attack
+            raise ConfigError(f"eval.mia_folds={folds} must be an integer >= 2 (cross-validation folds)")
         self.members, self.nonmembers = members, nonmembers
         self.classnames, self.templates, self.tokenizer = list(classnames), list(templates), tokenizer
         self.device, self.folds, self.seed = device, int(folds), int(seed)

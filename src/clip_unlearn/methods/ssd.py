@@ -16,9 +16,9 @@ import time
 
 import torch
 import torch.nn.functional as F
-from tqdm.auto import tqdm
 
 from clip_unlearn.errors import ConfigError
+from clip_unlearn.fisher import fisher_diagonals
 from clip_unlearn.methods.base import UnlearnContext, UnlearningMethod
 from clip_unlearn.methods.finetuning import TOWERS, BatchStream, check_positive, tower_parameter_names, zero_shot_logits
 from clip_unlearn.synthetic import class_text_weights
@@ -38,21 +38,17 @@ class SSD(UnlearningMethod):
 
     def importance(self, model, dataset, context: UnlearnContext, name: str) -> dict[str, torch.Tensor]:
         """Mean over batches of the squared gradient of the batch's zero-shot cross-entropy, per parameter."""
-        params = {n: p for n, p in model.named_parameters() if n in set(tower_parameter_names(model, self.towers))}
         weights = class_text_weights(model, context.tokenizer, context.classnames, context.templates, context.device)
         stream = BatchStream(dataset, self.batch_size, torch.Generator().manual_seed(int(context.seed)), self.max_samples)
-        fisher = {n: torch.zeros_like(p) for n, p in params.items()}
-        batches = 0
-        for images, labels in tqdm(stream.batches(), desc=f"SSD importance on {name}", unit="batch", leave=False,
-                                   total=-(-len(stream) // self.batch_size)):
-            loss = F.cross_entropy(zero_shot_logits(model, images.to(context.device), weights), labels.to(context.device))
-            grads = torch.autograd.grad(loss, list(params.values()), allow_unused=True)
-            for (n, _), g in zip(params.items(), grads):
-                if g is not None:
-                    fisher[n] += g.pow(2)
-            batches += 1
+
+        def batch_mean_ce(m, images, labels):  # per-sample terms whose sum is the batch's mean cross-entropy
+            logits = zero_shot_logits(m, images.to(context.device), weights)
+            return F.cross_entropy(logits, labels.to(context.device), reduction="none") / len(labels)
+
+        fisher = fisher_diagonals(model, tower_parameter_names(model, self.towers), stream.batches(), batch_mean_ce,
+                                  desc=f"SSD importance on {name}", total=-(-len(stream) // self.batch_size))
         self.diagnostics.setdefault("images", {})[name] = len(stream)
-        return {n: f / max(batches, 1) for n, f in fisher.items()}
+        return fisher
 
     def unlearn(self, model, forget, retain, context):
         self.diagnostics = {}

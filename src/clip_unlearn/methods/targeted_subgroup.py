@@ -89,6 +89,13 @@ def image_embeddings(model: nn.Module, images: torch.Tensor) -> torch.Tensor:
     return F.normalize(model.encode_image(images), dim=-1)
 
 
+@torch.no_grad()
+def embed_all(model: nn.Module, images: torch.Tensor, batch_size: int, device: str) -> torch.Tensor:
+    """``image_embeddings`` of a CPU image tensor, ``batch_size`` images at a time; on ``device``."""
+    return torch.cat([image_embeddings(model, images[i: i + batch_size].to(device))
+                      for i in range(0, len(images), batch_size)])
+
+
 # The fields of the four sections; their values live in conf/method/targeted_subgroup.yaml (one source of truth).
 FISHER = ("top_k", "images", "batch_size", "eps")
 FORGETTING = ("lora_rank", "lora_alpha", "lr", "steps", "margin", "margin_slack")
@@ -228,8 +235,7 @@ class TargetedSubgroup(UnlearningMethod):
             return torch.full((len(images),), float(f["margin"]))
         others = [c for c in range(head.shape[1]) if c not in target_ids]
         _need(bool(others), f"method.forgetting.margin={NEAREST_OTHER!r} needs a class outside the target")
-        cos = torch.cat([(image_embeddings(model, images[i: i + self.batch_size].to(device)) @ head[:, others]).cpu()
-                         for i in range(0, len(images), self.batch_size)])
+        cos = (embed_all(model, images, self.batch_size, device) @ head[:, others]).cpu()
         return cos.max(-1).values - float(f["margin_slack"])
 
     def _forget_loss(self, model, images, labels, margins, head, device) -> torch.Tensor:
@@ -312,8 +318,7 @@ class TargetedSubgroup(UnlearningMethod):
 
     @torch.no_grad()
     def _accuracy(self, model, images, labels, head, device) -> float:
-        features = torch.cat([image_embeddings(model, images[i: i + self.batch_size].to(device))
-                              for i in range(0, len(images), self.batch_size)])
+        features = embed_all(model, images, self.batch_size, device)
         return 100.0 * (features @ head).argmax(-1).cpu().eq(labels).double().mean().item()
 
     def restore_stage(self, model, original: dict, head, calibration: dict, device) -> float:
@@ -364,9 +369,7 @@ class TargetedSubgroup(UnlearningMethod):
 
         start = time.perf_counter()
         aligned = self.align_retain(model, retain_train[0], device)
-        with torch.no_grad():
-            teacher = torch.cat([image_embeddings(model, aligned[i: i + self.batch_size].to(device)).cpu()
-                                 for i in range(0, len(aligned), self.batch_size)])
+        teacher = embed_all(model, aligned, self.batch_size, device).cpu()
         times["align_s"] = time.perf_counter() - start
 
         start = time.perf_counter()
