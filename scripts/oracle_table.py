@@ -12,16 +12,14 @@ Extra Hydra overrides go after ``--``. Prints the table and the machine it ran o
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import platform
 import tempfile
 from pathlib import Path
 
 import torch
-from hydra import compose, initialize_config_dir
 
-from clip_unlearn.config import config_dir, register_resolvers
+from clip_unlearn.config import compose_config
 from clip_unlearn.runner import run
 
 
@@ -42,20 +40,16 @@ def main() -> None:
     parser.add_argument("overrides", nargs="*", help="Hydra overrides, e.g. method=nullspace method.alpha=1")
     args = parser.parse_args()
 
-    register_resolvers()
     output = Path(args.output_dir or tempfile.mkdtemp(prefix="oracle_table_"))
     lines = ["| target | model | forget top-1 ↓ | retain top-1 ↑ | held-out top-1 ↑ | Avg. Gap ↓ |", "|---|---|---|---|---|---|"]
     for target in args.targets:
         overrides = [f"backbone={args.backbone}", f"backbone.checkpoint={Path(args.checkpoint).resolve()}",
                      f"paths.data_dir={args.data_dir}", f"dataset={target.split('/')[0]}", f"forget={target}",
                      *args.overrides]
-        with initialize_config_dir(config_dir=str(config_dir()), version_base="1.3"):
-            cfg = compose("config", overrides=overrides)
-        run_dir = output / target.replace("/", "_")
-        finished = run_dir / "metrics.json"
-        # an interrupted table build resumes: targets whose run already finished in --output-dir are read back
-        metrics = (json.loads(finished.read_text()) if finished.exists()
-                   else run(cfg, run_dir, {"method": cfg.method._target_.rsplit(".", 1)[-1]}))
+        cfg = compose_config(*overrides)
+        # an interrupted table build resumes: a finished run of the same config in --output-dir is read back
+        # (the runner's skip_done), an unfinished one continues from its stages
+        metrics = run(cfg, output / target.replace("/", "_"), {"method": cfg.method._target_.rsplit(".", 1)[-1]})
         name = target.split("/")[-1]
         gaps = metrics.get("avg_gap", {})
         lines.append(row(f"{name}", metrics["before"], gaps.get("before")).replace(f"| {name} |", f"| {name} | original |"))

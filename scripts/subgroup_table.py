@@ -16,16 +16,14 @@ Finished runs in ``--output-dir`` are read back, so an interrupted table resumes
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import platform
 import tempfile
 from pathlib import Path
 
 import torch
-from hydra import compose, initialize_config_dir
 
-from clip_unlearn.config import config_dir, register_resolvers
+from clip_unlearn.config import compose_config
 from clip_unlearn.runner import run
 
 HEADER = ("| target | method | target subgroup top-1 (after / before) | siblings top-1 (Δ) | other classes top-1 (Δ) "
@@ -73,7 +71,6 @@ def main() -> None:
     for item in args.set:
         method, _, override = item.partition(":")
         per_method.setdefault(method, []).append(override)
-    register_resolvers()
     output = Path(args.output_dir or tempfile.mkdtemp(prefix="subgroup_table_"))
     lines = [HEADER, "|" + "---|" * (HEADER.count("|") - 1)]
     for target in args.targets:
@@ -81,11 +78,8 @@ def main() -> None:
             overrides = [f"backbone={args.backbone}", f"backbone.checkpoint={Path(args.checkpoint).resolve()}",
                          f"paths.data_dir={args.data_dir}", f"dataset={target.split('/')[0]}", f"forget={target}",
                          f"method={method}", *args.overrides, *per_method.get(method, [])]
-            with initialize_config_dir(config_dir=str(config_dir()), version_base="1.3"):
-                cfg = compose("config", overrides=overrides)
-            run_dir = output / f"{target.replace('/', '_')}-{method}"
-            finished = run_dir / "metrics.json"
-            metrics = json.loads(finished.read_text()) if finished.exists() else run(cfg, run_dir, {"method": method})
+            # a finished run of the same config in --output-dir is read back (the runner's skip_done)
+            metrics = run(compose_config(*overrides), output / f"{target.replace('/', '_')}-{method}", {"method": method})
             lines.append(row(target, method, metrics))
             print(lines[-1], flush=True)
     print("\n".join(lines))

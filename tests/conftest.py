@@ -7,10 +7,9 @@ import os
 from pathlib import Path
 
 import pytest
-from hydra import compose, initialize_config_dir
 from omegaconf import DictConfig
 
-from clip_unlearn.config import config_dir, register_resolvers
+from clip_unlearn.config import compose_config, config_dir, register_resolvers
 
 REPO = Path(__file__).resolve().parents[1]
 CONF = config_dir()
@@ -36,11 +35,6 @@ def data_dir() -> Path:
 def shared_cache() -> Path:
     """paths.cache_dir shared by the tests that only need its decoded-image cache."""
     return REPO / ".cache" / "test-cache"
-
-
-def compose_config(*overrides: str, config_name: str = "config") -> DictConfig:
-    with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
-        return compose(config_name, overrides=list(overrides))
 
 
 @pytest.fixture

@@ -8,7 +8,6 @@ import math
 import pytest
 import torch
 import torch.nn.functional as F
-from hydra import compose, initialize_config_dir
 from omegaconf import OmegaConf
 from torch import nn
 
@@ -27,7 +26,7 @@ from clip_unlearn.runner import run
 from clip_unlearn.scores import avg_gain
 from clip_unlearn.synthetic import ClassVisualiser, class_text_weights, gaussian_blur
 
-from conftest import CONF, compose_config
+from conftest import compose_config
 
 CIFAR10 = ["airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck"]
 TEMPLATES = ["a photo of a {}."]
@@ -360,8 +359,7 @@ P3_EXPERIMENTS = ["p3_rn50", "p3_vit_b16"]
 
 
 def _sweep_values(experiment: str) -> list[str]:
-    with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
-        cfg = compose("config", overrides=[f"experiment={experiment}"], return_hydra_config=True)
+    cfg = compose_config(f"experiment={experiment}", return_hydra_config=True)
     return cfg.hydra.sweeper.params.forget.split(",")
 
 

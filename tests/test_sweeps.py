@@ -11,11 +11,10 @@ import time
 from pathlib import Path
 
 import pytest
-from hydra import compose, initialize_config_dir
 from hydra import utils as hydra_utils
 from omegaconf import OmegaConf
 
-from conftest import CONF
+from conftest import compose_config
 
 TESTS = Path(__file__).resolve().parent
 
@@ -33,8 +32,7 @@ def _cli(args, data_dir, shared_cache, tmp_path, **popen):
     ("local", "BasicLauncher"), ("joblib", "JoblibLauncher"), ("submitit_local", "LocalLauncher"),
     ("slurm", "SlurmLauncher")])
 def test_launchers_compose_to_their_hydra_plugin(launcher, plugin):
-    with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
-        cfg = compose("config", overrides=[f"launcher={launcher}"], return_hydra_config=True)
+    cfg = compose_config(f"launcher={launcher}", return_hydra_config=True)
     assert cfg.hydra.launcher._target_.endswith(plugin)
     hydra_utils.get_class(cfg.hydra.launcher._target_)  # the plugin is installed ([cluster] extra)
     if launcher == "slurm":
@@ -47,8 +45,7 @@ def test_launchers_compose_to_their_hydra_plugin(launcher, plugin):
     ("targeted_subgroup_optuna", "targeted_subgroup"), ("finetuning_optuna", "grad_ascent"),
     ("finetuning_optuna", "task_negation")])
 def test_optuna_overlays_compose_over_existing_knobs(search, method):
-    with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
-        cfg = compose("config", overrides=[f"method={method}", f"hparams_search={search}"], return_hydra_config=True)
+    cfg = compose_config(f"method={method}", f"hparams_search={search}", return_hydra_config=True)
     assert cfg.hydra.sweeper._target_.endswith("OptunaSweeper") and cfg.hydra.sweeper.params
     assert cfg.method._target_.rsplit(".", 1)[-1].lower() == method.replace("_", "")
     for key in cfg.hydra.sweeper.params:  # every searched knob is a field of the method's config

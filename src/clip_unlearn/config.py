@@ -7,9 +7,10 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
+from hydra import compose, initialize_config_dir
 from hydra.errors import InstantiationException
 from hydra.utils import instantiate
-from omegaconf import OmegaConf
+from omegaconf import DictConfig, OmegaConf
 
 from clip_unlearn.errors import ConfigError
 
@@ -33,6 +34,13 @@ def register_resolvers() -> None:
     # it) sees the same value.
     if not OmegaConf.has_resolver("run_id"):
         OmegaConf.register_new_resolver("run_id", _unique_run_id, use_cache=True)
+
+
+def compose_config(*overrides: str, config_name: str = "config", return_hydra_config: bool = False) -> DictConfig:
+    """The config a command line with these overrides gives (Hydra's compose API): for scripts, notebooks, tests."""
+    register_resolvers()
+    with initialize_config_dir(config_dir=str(config_dir()), version_base="1.3"):
+        return compose(config_name, overrides=list(overrides), return_hydra_config=return_hydra_config)
 
 
 def build(node: Any, **kwargs: Any) -> Any:

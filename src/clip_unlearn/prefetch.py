@@ -9,18 +9,15 @@ from __future__ import annotations
 
 import sys
 
-from hydra import compose, initialize_config_dir
 from open_clip.pretrained import download_pretrained, get_pretrained_cfg
 
 from clip_unlearn.backbone import check_arch, resolve_weights
-from clip_unlearn.config import build, config_dir, register_resolvers
+from clip_unlearn.config import build, compose_config
 from clip_unlearn.errors import ConfigError
 
 
 def prefetch(overrides: list[str]) -> list[str]:
-    register_resolvers()
-    with initialize_config_dir(config_dir=str(config_dir()), version_base="1.3"):
-        cfg = compose("config", overrides=overrides)
+    cfg = compose_config(*overrides)
     lines = []
     backbone = cfg.backbone
     if backbone.checkpoint or not backbone.pretrained:
