@@ -11,6 +11,7 @@ from clip_unlearn.config import build
 from omegaconf import OmegaConf
 
 from clip_unlearn.errors import ConfigError
+from clip_unlearn.runner import select_heldout
 from clip_unlearn.targets import ForgetTarget
 
 from conftest import compose_config
@@ -78,6 +79,36 @@ def test_tiny_imagenet_fine_classes_merged_under_coarse_class(data_dir):
     assert {merged.targets[i] for i in groups["siblings"]} == {classnames.index("dog")}
     _, train = load(data_dir, "tiny_imagenet", split="train")
     assert len(train) == 20_200
+
+
+def test_class_subset_keeps_and_relabels_only_its_classes(data_dir):
+    full, everything = load(data_dir, "pacs")
+    spec, data = load(data_dir, "pacs", "dataset.classes=[horse,dog]")
+    assert spec.classnames == ["horse", "dog"] and len(data) == 400 and Counter(data.targets) == {0: 200, 1: 200}
+    assert Counter(data.attributes["domain"]) == {d: 100 for d in spec.domains}
+    first = next(i for i, t in enumerate(everything.targets) if full.classnames[t] in spec.classnames)
+    assert data[0][0].tobytes() == everything[first][0].tobytes()  # same image, new label
+    assert spec.classnames[data.targets[0]] == full.classnames[everything.targets[first]]
+    with pytest.raises(ConfigError, match="unknown or repeated names \\['hors'\\].*valid choices.*horse"):
+        load(data_dir, "pacs", "dataset.classes=[hors,dog]")
+
+
+def test_tiny_imagenet_mammals_is_a_27_class_subset_with_the_dog_breeds(data_dir):
+    spec, data = load(data_dir, "tiny_imagenet_mammals")
+    _, full = load(data_dir, "tiny_imagenet")
+    assert len(spec.classnames) == 27 and len(data) == 27 * 50 and Counter(data.targets) == {c: 50 for c in range(27)}
+    name_of_wnid = {w: spec.all_classnames[t] for w, t in zip(full.attributes["wnid"], full.targets)}
+    assert all(spec.classnames[t] == name_of_wnid[w] for w, t in zip(data.attributes["wnid"], data.targets))
+    groups = target("tiny_imagenet_mammals/chihuahua").groups(
+        target("tiny_imagenet_mammals/chihuahua").apply_merge(data, spec.classnames),
+        target("tiny_imagenet_mammals/chihuahua").classnames(spec.classnames))
+    assert (len(groups["forget"]), len(groups["siblings"]), len(groups["other_classes"])) == (50, 250, 21 * 50)
+    # `heldout: auto` never evaluates a dataset reading the run's own images as held out
+    cfg = compose_config("dataset=tiny_imagenet_mammals", f"paths.data_dir={data_dir}")
+    assert {d.name for d in select_heldout(cfg, spec)}.isdisjoint({"tiny_imagenet", "tiny_imagenet_mammals"})
+    cifar = compose_config("dataset=cifar10", f"paths.data_dir={data_dir}")
+    names = [d.name for d in select_heldout(cifar, build(cifar.dataset))]
+    assert "tiny_imagenet" in names and "tiny_imagenet_mammals" not in names  # one dataset per image folder
 
 
 def test_unknown_subgroup_value_lists_the_present_ones(data_dir):

@@ -12,7 +12,7 @@ from clip_unlearn.backbone import load_backbone
 from clip_unlearn.errors import ConfigError
 from clip_unlearn.pretrain.loss import class_prompt_contrastive_loss
 from clip_unlearn.pretrain.oracle import oracle_dir, oracle_key
-from clip_unlearn.pretrain.run import load_target, pretrain
+from clip_unlearn.pretrain.run import coarse_classes, load_target, pretrain
 from clip_unlearn.runner import run
 from clip_unlearn.scores import avg_gap
 
@@ -88,6 +88,29 @@ def test_bad_exclusion_names_the_choices(pretrain_config, tmp_path):
         pretrain(pretrain_config("pretrain.exclude=cifar10/cat"), tmp_path / "run")
 
 
+def test_coarse_captions_map_fine_classes_to_a_coarse_class_with_their_templates():
+    classnames = ["dog", "Chihuahua", "baboon", "chimpanzee"]
+    templates = {"dog": ["a {}."], "Chihuahua": ["a photo of a {}."], "baboon": ["a {}."], "chimpanzee": ["an {}."]}
+    coarse_of = coarse_classes({"dog": ["Chihuahua"], "primate": ["baboon", "chimpanzee"]}, classnames, templates)
+    assert classnames == ["dog", "Chihuahua", "baboon", "chimpanzee", "primate"]  # "dog" existed; "primate" is new
+    assert coarse_of.tolist() == [-1, 0, 4, 4, -1]
+    assert templates["dog"] == ["a {}.", "a photo of a {}."] and templates["primate"] == ["a {}.", "an {}."]
+    assert coarse_classes(None, classnames, templates) is None
+    with pytest.raises(ConfigError, match=r"\['Chihuahuaa'\].*valid choices"):
+        coarse_classes({"dog": ["Chihuahuaa"]}, classnames, templates)
+
+
+def test_repeat_oversamples_a_dataset_and_coarse_captions_train(pretrain_config, tmp_path):
+    metrics = pretrain(pretrain_config("pretrain.repeat={pacs:2}", "pretrain.coarse_captions={animal:[dog,elephant]}",
+                                       "pretrain.coarse_caption_prob=1.0", "pretrain.steps=2"), tmp_path / "run")
+    assert metrics["train_images"] == 2800
+    plain = pretrain(pretrain_config("pretrain.steps=2"), tmp_path / "plain")
+    assert metrics["history"][-1]["loss"] != plain["history"][-1]["loss"]  # the coarse captions changed the texts
+    for bad in ("pretrain.repeat={pacs:0}", "pretrain.repeat={cifar10:2}", "pretrain.coarse_caption_prob=1.5"):
+        with pytest.raises(ConfigError, match=bad.split("=")[0]):
+            pretrain(pretrain_config(bad), tmp_path / "bad")
+
+
 def test_oracle_cache_key_separates_targets_and_recipes(pretrain_config, tmp_path):
     cfg = pretrain_config()
     cat, dog = load_target("cifar10/cat"), load_target("cifar10/dog")
@@ -100,6 +123,10 @@ def test_oracle_cache_key_separates_targets_and_recipes(pretrain_config, tmp_pat
     same = pretrain_config("paths.output_dir=/elsewhere", "eval.num_workers=3", "pretrain.eval_every=5",
                            "eval.max_samples=7", "eval.heldout=[]")
     assert oracle_key(cfg, cat) == oracle_key(same, cat)
+    # recipe knobs at their neutral value leave the key as it was before they existed
+    assert oracle_key(cfg, cat) == oracle_key(pretrain_config("pretrain.coarse_caption_prob=0.9"), cat)
+    assert oracle_key(cfg, cat) != oracle_key(pretrain_config("pretrain.repeat={pacs:2}"), cat)
+    assert oracle_key(cfg, cat) != oracle_key(pretrain_config("pretrain.coarse_captions={animal:[dog]}"), cat)
     assert oracle_dir(cfg, cat, tmp_path) != oracle_dir(cfg, dog, tmp_path)
 
 

@@ -40,13 +40,15 @@ def select_heldout(cfg: DictConfig, main: ImageDataset) -> list[ImageDataset]:
     pool = cfg.eval.datasets
     wanted = cfg.eval.heldout
     if wanted == "auto":
-        chosen = []
+        chosen, roots = [], {main.root}
         for key in pool:
             dataset = build(pool[key])
-            if dataset.name == main.name:
+            # one dataset per image folder: a class subset of the run's own images is not held out, nor evaluated twice
+            if dataset.name == main.name or dataset.root in roots:
                 continue
             if dataset.exists():
                 chosen.append(dataset)
+                roots.add(dataset.root)
             else:
                 log.warning("held-out dataset %s skipped: not found under %s", key, dataset.root)
         return chosen
@@ -140,7 +142,9 @@ def _run(cfg: DictConfig, output_dir: Path, choices: dict, group: str | None) ->
     run_info = {
         "name": f"{method_name}-{choices.get('forget') or '+'.join(target.classes or ['*'])}-s{cfg.seed}",
         "job_type": method_name,
-        "tags": [f"{k}:{v}" for k, v in sorted(choices.items()) if v and not k.startswith("hydra")],
+        # the user's group choices; the eval pool's entries (`dataset@eval.datasets.<name>`) are fixed plumbing, and
+        # W&B refuses tags over 64 characters
+        "tags": [f"{k}:{v}"[:64] for k, v in sorted(choices.items()) if v and not k.startswith("hydra") and "@" not in k],
         "group": group,
         "id": tracker_run_id(output_dir),
     }

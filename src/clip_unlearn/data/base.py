@@ -33,6 +33,16 @@ class FileReader:
             return image.convert("RGB")
 
 
+class _Reindexed:
+    """``read`` of a selection of another dataset's samples (picklable, for loader workers)."""
+
+    def __init__(self, read: Callable[[int], Image.Image], indices: Sequence[int]):
+        self.read, self.indices = read, list(indices)
+
+    def __call__(self, index: int) -> Image.Image:
+        return self.read(self.indices[index])
+
+
 class LabeledImages(Dataset):
     """Images with integer labels and per-sample attribute columns.
 
@@ -63,6 +73,12 @@ class LabeledImages(Dataset):
         if self.transform is not None:
             image = self.transform(image)
         return image, self.targets[index]
+
+    def select(self, indices: Sequence[int], targets: Sequence[int]) -> LabeledImages:
+        """Only the samples at ``indices``, under new labels ``targets`` (one per index)."""
+        indices = list(indices)
+        return LabeledImages(_Reindexed(self.read, indices), targets,
+                             {k: [column[i] for i in indices] for k, column in self.attributes.items()}, self.transform)
 
     def relabel(self, targets: Sequence[int], extra_attributes: dict[str, Sequence[Any]]) -> LabeledImages:
         """The same images under new labels, with more attribute columns (used to merge fine classes)."""
@@ -105,8 +121,10 @@ class ImageDataset:
         split: str = "test",
         unlearn_split: str | None = None,
         download: bool = False,
+        classes: Sequence[str] | None = None,
     ):
         self.name = name
+        self.classes = list(classes) if classes else None
         self.root = Path(root).expanduser()
         self.split = split
         self.unlearn_split = unlearn_split or split
@@ -130,11 +148,22 @@ class ImageDataset:
         return templates
 
     @property
-    def classnames(self) -> list[str]:
-        """Class names in label order; datasets that read them from disk override this."""
+    def all_classnames(self) -> list[str]:
+        """Every class name of the dataset in label order; datasets that read them from disk override this."""
         if self._classnames is None:
             raise ConfigError(f"dataset {self.name}: no classnames configured")
         return self._classnames
+
+    @property
+    def classnames(self) -> list[str]:
+        """The classes this config uses, in label order: ``classes`` when set (a subset), else every class."""
+        if self.classes is None:
+            return self.all_classnames
+        unknown = [c for c in self.classes if c not in self.all_classnames]
+        if unknown or len(set(self.classes)) != len(self.classes):
+            raise ConfigError(f"dataset {self.name}: classes has unknown or repeated names {unknown or self.classes}; "
+                              f"valid choices: {self.all_classnames[:30]}{' ...' if len(self.all_classnames) > 30 else ''}")
+        return list(self.classes)
 
     def exists(self, split: str | None = None) -> bool:
         try:
@@ -157,6 +186,10 @@ class ImageDataset:
         split = split or self.split
         self.check(split)
         data = self._load(split)
+        if self.classes is not None:
+            label = {self.all_classnames.index(name): i for i, name in enumerate(self.classnames)}
+            keep = [i for i, t in enumerate(data.targets) if t in label]
+            data = data.select(keep, [label[data.targets[i]] for i in keep])
         data.transform = transform
         if not len(data):
             raise ConfigError(f"dataset {self.name} (split {split!r}) under {self.root} holds no images")

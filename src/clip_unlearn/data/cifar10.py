@@ -26,7 +26,7 @@ class CIFAR10(ImageDataset):
 
     def _load(self, split: str) -> LabeledImages:
         if (self.root / split).is_dir() and not self._torchvision_present():
-            paths, labels, _ = scan_class_folders(self.root / split, {c: i for i, c in enumerate(self.classnames)})
+            paths, labels, _ = scan_class_folders(self.root / split, {c: i for i, c in enumerate(self.all_classnames)})
             return LabeledImages(FileReader(paths), labels, {"path": [str(p) for p in paths],
                                                              "image": [p.relative_to(self.root).as_posix() for p in paths]})
         dataset = TorchvisionCIFAR10(str(self.root), train=split == "train", download=self.download)

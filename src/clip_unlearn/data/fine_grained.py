@@ -65,10 +65,10 @@ class FineGrained(ImageDataset):
         key = self.aliases.get(key, key)
         if key in self.ignore:
             return None
-        labels = {normalise(c): i for i, c in enumerate(self.classnames)}
+        labels = {normalise(c): i for i, c in enumerate(self.all_classnames)}
         if key not in labels:
             raise ConfigError(f"dataset {self.name}: class {name!r} under {self.root} is not one of the configured "
-                              f"classnames (e.g. {self.classnames[:5]}); add it to `aliases` or `ignore`")
+                              f"classnames (e.g. {self.all_classnames[:5]}); add it to `aliases` or `ignore`")
         return labels[key]
 
     # -- layouts --------------------------------------------------------------------------------------

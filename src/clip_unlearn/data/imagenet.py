@@ -22,7 +22,7 @@ def imagenet_wnids() -> list[str]:
 
 class ImageNet1k(ImageDataset):
     @property
-    def classnames(self) -> list[str]:
+    def all_classnames(self) -> list[str]:
         return self._classnames or list(open_clip.IMAGENET_CLASSNAMES)
 
     def _torchvision_present(self) -> bool:

@@ -28,7 +28,7 @@ class DomainFolders(ImageDataset):
         return sorted(p.name for p in (self.root / self.domains[0]).iterdir() if p.is_dir())
 
     @property
-    def classnames(self) -> list[str]:
+    def all_classnames(self) -> list[str]:
         names = self._classnames or [folder.replace("_", " ") for folder in self.folder_names]
         if len(names) != len(self.folder_names):
             raise ConfigError(f"dataset {self.name}: {len(self.folder_names)} folder_names for {len(names)} classes")

@@ -16,7 +16,7 @@ class TinyImageNet(ImageDataset):
         return sorted((self.root / "wnids.txt").read_text().split())
 
     @property
-    def classnames(self) -> list[str]:
+    def all_classnames(self) -> list[str]:
         return self._classnames or self._words_classnames
 
     @cached_property

@@ -23,6 +23,9 @@ log = logging.getLogger(__name__)
 
 # pretrain.* fields that only change what is reported, not the trained weights
 _REPORTING_ONLY = ("eval_every", "eval_max_samples")
+# recipe knobs at a value that leaves training as it was before they existed: left out of the key, so adding
+# such a knob keeps every cached oracle and test model valid
+_NEUTRAL = {"repeat": None, "coarse_captions": None}
 
 
 def oracle_config(pretrain_cfg: DictConfig, target: ForgetTarget) -> DictConfig:
@@ -36,7 +39,10 @@ def recipe_key(pretrain_cfg: DictConfig) -> str:
     recipe and the configs of the datasets trained on. An allow-list, so that a new evaluation or output knob
     never invalidates cached oracles (nor makes two different recipes share one)."""
     container = OmegaConf.to_container(pretrain_cfg, resolve=True)
-    recipe = {key: value for key, value in container["pretrain"].items() if key not in _REPORTING_ONLY}
+    recipe = {key: value for key, value in container["pretrain"].items()
+              if key not in _REPORTING_ONLY and not (key in _NEUTRAL and value == _NEUTRAL[key])}
+    if "coarse_captions" not in recipe:
+        recipe.pop("coarse_caption_prob", None)  # changes nothing without coarse captions
     key = {
         "seed": container["seed"],
         "backbone": {k: v for k, v in container["backbone"].items() if k not in ("cache_dir", "device")},

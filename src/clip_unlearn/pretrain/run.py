@@ -51,6 +51,28 @@ def load_target(exclude: str | Mapping | None) -> ForgetTarget | None:
     return ForgetTarget.from_config(OmegaConf.to_container(OmegaConf.load(path)))
 
 
+def coarse_classes(coarse_captions: Mapping | None, classnames: list[str], templates: dict[str, list[str]]
+                   ) -> torch.Tensor | None:
+    """``pretrain.coarse_captions`` ({coarse: [fine classes]}) as ``coarse_of[class] = coarse class or -1``; a coarse
+    name new to the vocabulary is appended to ``classnames`` with its fine classes' templates."""
+    if not coarse_captions:
+        return None
+    members = {fine: coarse for coarse, fines in coarse_captions.items() for fine in fines}
+    unknown = sorted(set(members) - set(classnames))
+    if unknown:
+        raise ConfigError(f"pretrain.coarse_captions names classes {unknown} that no pretrained dataset has; "
+                          f"valid choices: {classnames[:30]}{' ...' if len(classnames) > 30 else ''}")
+    for fine, coarse in members.items():
+        if coarse not in templates:
+            classnames.append(coarse)
+            templates[coarse] = []
+        templates[coarse] += [t for t in templates[fine] if t not in templates[coarse]]
+    coarse_of = torch.full((len(classnames),), -1, dtype=torch.long)
+    for fine, coarse in members.items():
+        coarse_of[classnames.index(fine)] = classnames.index(coarse)
+    return coarse_of
+
+
 def target_spec(target: ForgetTarget) -> dict:
     """A canonical, JSON-able form of a target (the oracle cache key and pretrain_metrics use it)."""
     return {
@@ -81,6 +103,13 @@ def _pretrain(cfg: DictConfig, output_dir: Path) -> dict:
     unknown = [name for name in p.datasets if name not in cfg.eval.datasets]
     if unknown or not p.datasets:
         raise ConfigError(f"pretrain.datasets: unknown {unknown or 'empty list'}; valid choices: {list(cfg.eval.datasets)}")
+    repeats = dict(p.repeat or {})
+    bad = {name: r for name, r in repeats.items() if name not in p.datasets or not isinstance(r, int) or r < 1}
+    if bad:
+        raise ConfigError(f"pretrain.repeat: {bad} invalid; keys must be pretrained datasets ({list(p.datasets)}), "
+                          "values whole numbers >= 1")
+    if not 0.0 <= float(p.coarse_caption_prob) <= 1.0:
+        raise ConfigError(f"pretrain.coarse_caption_prob={p.coarse_caption_prob} is outside [0, 1]")
     exclude = load_target(OmegaConf.to_container(p.exclude) if isinstance(p.exclude, DictConfig) else p.exclude)
     datasets = [build(cfg.eval.datasets[name]) for name in p.datasets]
     if exclude is not None and exclude.dataset not in [d.name for d in datasets]:
@@ -116,9 +145,11 @@ def _pretrain(cfg: DictConfig, output_dir: Path) -> dict:
                 classnames.append(name)
                 templates[name] = []
             templates[name] += [t for t in dataset.templates if t not in templates[name]]
+        keep = np.tile(keep, repeats.get(dataset.name, 1))
         images.append(decoded[torch.as_tensor(keep)])
         labels.append(torch.as_tensor([classnames.index(dataset.classnames[t]) for t in np.asarray(data.targets)[keep]]))
     images, labels = torch.cat(images), torch.cat(labels)
+    coarse_of = coarse_classes(p.coarse_captions, classnames, templates)
     captions = Captions.build(tokenizer, [templates[c] for c in classnames], classnames)
     log.info("pretraining %s on %d images of %d classes (%s)%s", arch, len(images), len(classnames),
              ", ".join(p.datasets), f", excluding {excluded}" if excluded else "")
@@ -140,11 +171,11 @@ def _pretrain(cfg: DictConfig, output_dir: Path) -> dict:
     config = TrainConfig(
         steps=int(p.steps), batch_size=int(p.batch_size), lr=float(p.lr), weight_decay=float(p.weight_decay),
         warmup_steps=int(p.warmup_steps), grad_clip=float(p.grad_clip), crop_padding=int(p.crop_padding), flip=bool(p.flip), seed=int(cfg.seed),
-        eval_every=int(p.eval_every),
+        eval_every=int(p.eval_every), coarse_prob=float(p.coarse_caption_prob),
     )
     train_start = time.perf_counter()
     history = train(model, images, labels, captions, preprocess_cfg["mean"], preprocess_cfg["std"], config, size,
-                    device, evaluate if p.eval_every else None)
+                    device, evaluate if p.eval_every else None, coarse_of)
     train_s = time.perf_counter() - train_start
 
     torch.save(model.state_dict(), output_dir / "model.pt")

@@ -53,6 +53,7 @@ class TrainConfig:
     flip: bool
     seed: int
     eval_every: int = 0
+    coarse_prob: float = 0.0  # chance that an image with a coarse class is captioned with it (see ``train``)
     history: list = field(default_factory=list)
 
 
@@ -103,8 +104,13 @@ def train(
     input_size: int,
     device: str = "cpu",
     evaluate: Callable[[nn.Module, int], dict] | None = None,
+    coarse_of: torch.Tensor | None = None,
 ) -> list[dict]:
     """Train in place; returns the history (loss, lr, temperature, time and any evaluation every ``eval_every``).
+
+    ``coarse_of[c]`` is the coarse class of class c (-1: none): each step, each such image is captioned with its
+    coarse class instead with probability ``config.coarse_prob``, as web captions name a Chihuahua sometimes
+    "Chihuahua" and sometimes "dog".
 
     ``images`` are augmented at their stored size, then resized (bicubic, as open_clip's eval transform) to
     ``input_size``: a 32-px image fed at 64 px keeps a 2x2 map at a ModifiedResNet's attention pool.
@@ -125,7 +131,12 @@ def train(
         if x.shape[-1] != input_size:
             x = nn.functional.interpolate(x, size=(input_size, input_size), mode="bicubic", align_corners=False)
         x = ((x - mean_t) / std_t).contiguous(memory_format=torch.channels_last)  # faster CPU convolutions
-        classes, image_class = torch.unique(labels[batch], return_inverse=True)
+        batch_labels = labels[batch]
+        if coarse_of is not None and config.coarse_prob:
+            coarse = coarse_of[batch_labels]
+            swap = (coarse >= 0) & (torch.rand(len(batch), generator=generator) < config.coarse_prob)
+            batch_labels = torch.where(swap, coarse, batch_labels)
+        classes, image_class = torch.unique(batch_labels, return_inverse=True)
         tokens = captions.sample(classes, generator).to(device)
         for group in optimizer.param_groups:
             group["lr"] = lr_at(step, config)
