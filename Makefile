@@ -2,10 +2,10 @@
 DATA_DIR ?= data
 PYTHON ?= python
 
-.PHONY: help install data run test test-full sweep clean
+.PHONY: help install data run test test-full sweep p1-model p1-table clean
 
 help:  ## list the targets
-	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-10s %s\n", $$1, $$2}'
+	@grep -E '^[a-z0-9-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-10s %s\n", $$1, $$2}'
 
 install:  ## install clip-unlearn with its test tools (torch pinned to the wheels on this machine's disk)
 	$(PYTHON) -m pip install torch==2.14.1 torchvision==0.29.1 -e ".[dev]"
@@ -27,6 +27,21 @@ SWEEP_DIR ?= outputs/multiruns/make-sweep
 sweep: data  ## a 3 x 2 multirun grid (nullspace strength x forget target), then its table and plots
 	clip-unlearn -m paths.data_dir=$(DATA_DIR) hydra.sweep.dir=$(SWEEP_DIR) method.alpha=0,0.5,1.0 forget=cifar10/cat,cifar10/dog
 	clip-unlearn-collect $(SWEEP_DIR)
+
+P1_MODEL_DIR ?= outputs/pretrain_p1/mammals_1500
+P1_DOGS = 'Chihuahua','Yorkshire terrier','golden retriever','Labrador retriever','German shepherd','standard poodle'
+
+p1-model: data  ## the mini-CLIP of the README's subgroup table (CIFAR-10 + Tiny-ImageNet mammals + PACS; ~15 min on 2 cores)
+	clip-unlearn-pretrain paths.data_dir=$(DATA_DIR) hydra.run.dir=$(P1_MODEL_DIR) \
+	  'pretrain.datasets=[cifar10,tiny_imagenet_mammals,pacs]' pretrain.steps=1500 pretrain.decode_size=64 \
+	  pretrain.eval_every=500 pretrain.eval_max_samples=1000 'pretrain.repeat={tiny_imagenet_mammals:6,pacs:8}' \
+	  "pretrain.coarse_captions={dog:[$(P1_DOGS)],cat:['tabby','Persian cat','Egyptian cat'],primate:['orangutan','gorilla','chimpanzee','baboon']}"
+
+p1-table:  ## the README's subgroup table (targeted_subgroup vs nullspace vs grad_ascent) on that model
+	$(PYTHON) scripts/subgroup_table.py --checkpoint $(P1_MODEL_DIR)/model.pt --data-dir $(DATA_DIR) \
+	  --targets pacs/dog_sketch tiny_imagenet_mammals/chihuahua tiny_imagenet_mammals/gorilla pacs/elephant_cartoon \
+	  --methods targeted_subgroup nullspace grad_ascent --output-dir outputs/p1_table \
+	  -- eval.max_samples=500 eval.avg_gap=false
 
 clean:  ## remove caches and build files (keeps outputs/ and data/)
 	rm -rf .pytest_cache build dist src/*.egg-info .cache/test-data

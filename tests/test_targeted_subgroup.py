@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import copy
+import importlib.util
 import json
 
 import pytest
 import torch
-from conftest import compose_config
+from conftest import REPO, compose_config
 from omegaconf import OmegaConf
 from torch import nn
 
@@ -140,6 +141,7 @@ TINY = {"tiny_imagenet/chihuahua": ("Chihuahua", ["Chihuahua", "Yorkshire terrie
                                                   "Labrador retriever", "German shepherd", "standard poodle"]),
         "tiny_imagenet/persian_cat": ("Persian cat", ["Egyptian cat", "tabby", "Persian cat"]),
         "tiny_imagenet/baboon": ("baboon", ["baboon", "chimpanzee", "orangutan"])}
+TINY["tiny_imagenet_mammals/chihuahua"] = TINY["tiny_imagenet/chihuahua"]
 
 
 @pytest.mark.parametrize("option, split", [(option, "val") for option in sorted(TINY)]
@@ -279,3 +281,21 @@ def test_run_on_mini_clip_forgets_the_subgroup_and_logs_the_alpha_curve(make_con
     assert d["restoring"]["alpha"] > 0  # this forgetting run is strong enough that the original (alpha 0) misses the cap
     assert metrics["after"]["forget"]["target_cos"] < metrics["before"]["forget"]["target_cos"]
     assert metrics["run"]["read_forget_images"] is True
+
+
+# -- the separability diagnostic (scripts/subgroup_separability.py) ----------------------------------------------
+def test_separability_probe_tells_separable_from_inseparable_features():
+    spec = importlib.util.spec_from_file_location("subgroup_separability", REPO / "scripts" / "subgroup_separability.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    generator = torch.Generator().manual_seed(0)
+
+    def sample(n_sub, n_sib, shift):
+        x = torch.randn(n_sub + n_sib, 8, generator=generator)
+        x[:n_sub, 0] += shift  # the subgroup differs from its siblings along one feature only
+        return x, torch.cat([torch.ones(n_sub), torch.zeros(n_sib)])
+
+    recall, specificity = module.probe(*sample(40, 200, 6.0), *sample(40, 200, 6.0))
+    assert recall > 95 and specificity > 95
+    recall, specificity = module.probe(*sample(40, 200, 0.0), *sample(400, 2000, 0.0))
+    assert 35 < (recall + specificity) / 2 < 65  # nothing to separate: balanced accuracy near chance

@@ -1,0 +1,107 @@
+"""Can a model tell a forget subgroup from its siblings at all? A linear probe on the original model's image features.
+
+Subgroup forgetting asks the image tower to move the subgroup (one breed, one style) away from its class text while
+its siblings stay: impossible, for any method, where the tower's features do not separate the two. This script
+measures that on a backbone before any unlearning: for each subgroup target, a class-balanced, L2-regularised
+logistic regression (subgroup vs siblings) is fitted on features of the ``unlearn_split`` images and tested on the
+evaluated split, on the image embedding and (ModifiedResNet towers) on the pooled output of the last residual stage.
+
+    python scripts/subgroup_separability.py --checkpoint outputs/pretrain_p1/mammals_1500/model.pt --data-dir data \\
+        --targets tiny_imagenet_mammals/chihuahua tiny_imagenet_mammals/gorilla
+
+Reported per target and feature: subgroup recall and sibling specificity on the evaluated split (percent) and
+their mean (balanced accuracy; 50 = no separation). A target evaluated on its own training images (PACS has one
+split) is marked: the probe then only shows that the images can be told apart, not that unseen ones can.
+"""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from omegaconf import OmegaConf
+from torch.utils.data import DataLoader, Subset
+
+from clip_unlearn.backbone import load_backbone
+from clip_unlearn.config import build, compose_config
+from clip_unlearn.targets import ForgetTarget
+
+
+@torch.no_grad()
+def features(model, data, indices, batch_size: int = 256) -> dict[str, torch.Tensor]:
+    pooled = []
+    stage = getattr(model.visual, "layer4", None)  # ModifiedResNet's last stage; ViTs have none
+    hook = stage.register_forward_hook(lambda _m, _i, out: pooled.append(out.mean((2, 3)))) if stage else None
+    embeddings = [F.normalize(model.encode_image(x), dim=-1)
+                  for x, _ in DataLoader(Subset(data, indices.tolist()), batch_size=batch_size)]
+    if hook:
+        hook.remove()
+    out = {"embedding": torch.cat(embeddings)}
+    if pooled:
+        out["last stage (pooled)"] = torch.cat(pooled)
+    return out
+
+
+def probe(train_x, train_y, test_x, test_y, ridge: float = 1e-2) -> tuple[float, float]:
+    """(recall on the positives, specificity on the negatives) of the test set, percent."""
+    mean, std = train_x.mean(0), train_x.std(0) + 1e-6
+    train_x, test_x = (train_x - mean) / std, (test_x - mean) / std
+    w = torch.zeros(train_x.shape[1], requires_grad=True)
+    b = torch.zeros(1, requires_grad=True)
+    positive_weight = (1 - train_y).sum() / train_y.sum()  # class-balanced: the subgroup is the smaller side
+    optimiser = torch.optim.LBFGS([w, b], max_iter=200)
+
+    def closure():
+        optimiser.zero_grad()
+        loss = F.binary_cross_entropy_with_logits(train_x @ w + b, train_y, pos_weight=positive_weight) \
+            + ridge * (w ** 2).sum()
+        loss.backward()
+        return loss
+
+    optimiser.step(closure)
+    with torch.no_grad():
+        predicted = (test_x @ w + b) > 0
+    positives = test_y.bool()
+    return 100 * predicted[positives].float().mean().item(), 100 * (~predicted[~positives]).float().mean().item()
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--checkpoint", required=True, help="model.pt written by clip-unlearn-pretrain")
+    parser.add_argument("--backbone", default="mini_clip")
+    parser.add_argument("--data-dir", default="data")
+    parser.add_argument("--targets", nargs="+", required=True, help="subgroup targets (conf/forget names)")
+    parser.add_argument("overrides", nargs="*", help="Hydra overrides")
+    args = parser.parse_args()
+    torch.manual_seed(0)
+
+    print("| target | features | subgroup recall | sibling specificity | balanced accuracy |\n|---|---|---|---|---|")
+    for option in args.targets:
+        cfg = compose_config(f"backbone={args.backbone}", f"backbone.checkpoint={Path(args.checkpoint).resolve()}",
+                             f"paths.data_dir={args.data_dir}", f"dataset={option.split('/')[0]}", f"forget={option}",
+                             *args.overrides)
+        dataset = build(cfg.dataset)
+        target = ForgetTarget.from_config(OmegaConf.to_container(cfg.forget, resolve=True))
+        backbone = load_backbone(**OmegaConf.to_container(cfg.backbone, resolve=True))
+        model = backbone.model.eval()
+        classnames = target.classnames(dataset.classnames)
+        sides = {}
+        for split in (dataset.unlearn_split, dataset.split):
+            data = target.apply_merge(dataset.load(split, transform=backbone.preprocess), dataset.classnames)
+            groups = target.groups(data, classnames)
+            indices = np.concatenate([groups["forget"], groups["siblings"]])
+            labels = torch.cat([torch.ones(len(groups["forget"])), torch.zeros(len(groups["siblings"]))])
+            sides[split] = (features(model, data, indices), labels)
+        (train, train_y), (test, test_y) = sides[dataset.unlearn_split], sides[dataset.split]
+        mark = " (its training images)" if dataset.unlearn_split == dataset.split else ""
+        for name in train:
+            recall, specificity = probe(train[name], train_y, test[name], test_y)
+            print(f"| {option}{mark} | {name} | {recall:.1f} | {specificity:.1f} | {(recall + specificity) / 2:.1f} |",
+                  flush=True)
+
+
+if __name__ == "__main__":
+    main()
