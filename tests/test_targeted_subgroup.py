@@ -142,6 +142,7 @@ TINY = {"tiny_imagenet/chihuahua": ("Chihuahua", ["Chihuahua", "Yorkshire terrie
         "tiny_imagenet/persian_cat": ("Persian cat", ["Egyptian cat", "tabby", "Persian cat"]),
         "tiny_imagenet/baboon": ("baboon", ["baboon", "chimpanzee", "orangutan"])}
 TINY["tiny_imagenet_mammals/chihuahua"] = TINY["tiny_imagenet/chihuahua"]
+TINY["tiny_imagenet_mammals/gorilla"] = ("gorilla", ["orangutan", "gorilla", "chimpanzee", "baboon"])
 
 
 @pytest.mark.parametrize("option, split", [(option, "val") for option in sorted(TINY)]
