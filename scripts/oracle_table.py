@@ -19,7 +19,7 @@ from pathlib import Path
 
 import torch
 
-from clip_unlearn.config import compose_config
+from clip_unlearn.config import checkpoint_overrides, compose_config
 from clip_unlearn.runner import run
 
 
@@ -43,10 +43,7 @@ def main() -> None:
     output = Path(args.output_dir or tempfile.mkdtemp(prefix="oracle_table_"))
     lines = ["| target | model | forget top-1 ↓ | retain top-1 ↑ | held-out top-1 ↑ | Avg. Gap ↓ |", "|---|---|---|---|---|---|"]
     for target in args.targets:
-        overrides = [f"backbone={args.backbone}", f"backbone.checkpoint={Path(args.checkpoint).resolve()}",
-                     f"paths.data_dir={args.data_dir}", f"dataset={target.split('/')[0]}", f"forget={target}",
-                     *args.overrides]
-        cfg = compose_config(*overrides)
+        cfg = compose_config(*checkpoint_overrides(args.checkpoint, args.backbone, args.data_dir, target), *args.overrides)
         # an interrupted table build resumes: a finished run of the same config in --output-dir is read back
         # (the runner's skip_done), an unfinished one continues from its stages
         metrics = run(cfg, output / target.replace("/", "_"), {"method": cfg.method._target_.rsplit(".", 1)[-1]})

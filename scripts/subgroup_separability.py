@@ -17,7 +17,6 @@ split) is marked: the probe then only shows that the images can be told apart, n
 from __future__ import annotations
 
 import argparse
-from pathlib import Path
 
 import numpy as np
 import torch
@@ -26,7 +25,7 @@ from omegaconf import OmegaConf
 from torch.utils.data import DataLoader, Subset
 
 from clip_unlearn.backbone import load_backbone
-from clip_unlearn.config import build, compose_config
+from clip_unlearn.config import build, checkpoint_overrides, compose_config
 from clip_unlearn.targets import ForgetTarget
 
 
@@ -78,15 +77,14 @@ def main() -> None:
     args = parser.parse_args()
     torch.manual_seed(0)
 
+    base = compose_config(*checkpoint_overrides(args.checkpoint, args.backbone, args.data_dir), *args.overrides)
+    backbone = load_backbone(**OmegaConf.to_container(base.backbone, resolve=True))
+    model = backbone.model.eval()
     print("| target | features | subgroup recall | sibling specificity | balanced accuracy |\n|---|---|---|---|---|")
     for option in args.targets:
-        cfg = compose_config(f"backbone={args.backbone}", f"backbone.checkpoint={Path(args.checkpoint).resolve()}",
-                             f"paths.data_dir={args.data_dir}", f"dataset={option.split('/')[0]}", f"forget={option}",
-                             *args.overrides)
+        cfg = compose_config(*checkpoint_overrides(args.checkpoint, args.backbone, args.data_dir, option), *args.overrides)
         dataset = build(cfg.dataset)
         target = ForgetTarget.from_config(OmegaConf.to_container(cfg.forget, resolve=True))
-        backbone = load_backbone(**OmegaConf.to_container(cfg.backbone, resolve=True))
-        model = backbone.model.eval()
         classnames = target.classnames(dataset.classnames)
         sides = {}
         for split in (dataset.unlearn_split, dataset.split):

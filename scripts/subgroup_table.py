@@ -23,7 +23,7 @@ from pathlib import Path
 
 import torch
 
-from clip_unlearn.config import compose_config
+from clip_unlearn.config import checkpoint_overrides, compose_config
 from clip_unlearn.runner import run
 
 HEADER = ("| target | method | target subgroup top-1 (after / before) | siblings top-1 (Δ) | other classes top-1 (Δ) "
@@ -75,8 +75,7 @@ def main() -> None:
     lines = [HEADER, "|" + "---|" * (HEADER.count("|") - 1)]
     for target in args.targets:
         for method in args.methods:
-            overrides = [f"backbone={args.backbone}", f"backbone.checkpoint={Path(args.checkpoint).resolve()}",
-                         f"paths.data_dir={args.data_dir}", f"dataset={target.split('/')[0]}", f"forget={target}",
+            overrides = [*checkpoint_overrides(args.checkpoint, args.backbone, args.data_dir, target),
                          f"method={method}", *args.overrides, *per_method.get(method, [])]
             # a finished run of the same config in --output-dir is read back (the runner's skip_done)
             metrics = run(compose_config(*overrides), output / f"{target.replace('/', '_')}-{method}", {"method": method})

@@ -43,6 +43,16 @@ def compose_config(*overrides: str, config_name: str = "config", return_hydra_co
         return compose(config_name, overrides=list(overrides), return_hydra_config=return_hydra_config)
 
 
+def checkpoint_overrides(checkpoint: str | Path, backbone: str, data_dir: str | Path, target: str | None = None
+                         ) -> list[str]:
+    """Overrides for a local checkpoint (the table scripts' model) and, given a forget target, the target's own
+    dataset: ``checkpoint_overrides(ckpt, "mini_clip", "data", "pacs/dog_sketch")``."""
+    overrides = [f"backbone={backbone}", f"backbone.checkpoint={Path(checkpoint).resolve()}", f"paths.data_dir={data_dir}"]
+    if target is not None:
+        overrides += [f"dataset={target.split('/')[0]}", f"forget={target}"]
+    return overrides
+
+
 def build(node: Any, **kwargs: Any) -> Any:
     """``hydra.utils.instantiate``, re-raising our ConfigError as itself (Hydra wraps it in InstantiationException,
     which would turn a one-line user mistake into a traceback)."""
