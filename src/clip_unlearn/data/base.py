@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
+from functools import cached_property
 from pathlib import Path
 from typing import Any
 
@@ -154,9 +155,10 @@ class ImageDataset:
             raise ConfigError(f"dataset {self.name}: no classnames configured")
         return self._classnames
 
-    @property
+    @cached_property
     def classnames(self) -> list[str]:
-        """The classes this config uses, in label order: ``classes`` when set (a subset), else every class."""
+        """The classes this config uses, in label order: ``classes`` when set (a subset), else every class. Cached:
+        callers index it per sample, and checking a subset against the full list each time would be quadratic."""
         if self.classes is None:
             return self.all_classnames
         unknown = [c for c in self.classes if c not in self.all_classnames]
