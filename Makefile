@@ -37,11 +37,14 @@ p1-model: data  ## the mini-CLIP of the README's subgroup table (CIFAR-10 + Tiny
 	  pretrain.eval_every=500 pretrain.eval_max_samples=1000 'pretrain.repeat={tiny_imagenet_mammals:6,pacs:8}' \
 	  "pretrain.coarse_captions={dog:[$(P1_DOGS)],cat:['tabby','Persian cat','Egyptian cat'],primate:['orangutan','gorilla','chimpanzee','baboon']}"
 
+P1_TABLE = $(PYTHON) scripts/subgroup_table.py --checkpoint $(P1_MODEL_DIR)/model.pt --data-dir $(DATA_DIR) \
+	  --methods targeted_subgroup nullspace grad_ascent --output-dir outputs/p1_table
+
 p1-table:  ## the README's subgroup table (targeted_subgroup vs nullspace vs grad_ascent) on that model
-	$(PYTHON) scripts/subgroup_table.py --checkpoint $(P1_MODEL_DIR)/model.pt --data-dir $(DATA_DIR) \
-	  --targets pacs/dog_sketch tiny_imagenet_mammals/chihuahua tiny_imagenet_mammals/gorilla pacs/elephant_cartoon \
-	  --methods targeted_subgroup nullspace grad_ascent --output-dir outputs/p1_table \
-	  -- eval.max_samples=500 eval.avg_gap=false
+	$(P1_TABLE) --targets pacs/dog_sketch pacs/elephant_cartoon \
+	  -- eval.max_samples=500 eval.avg_gap=false 'eval.heldout=[cifar10,tiny_imagenet_mammals]'
+	$(P1_TABLE) --targets tiny_imagenet_mammals/chihuahua tiny_imagenet_mammals/gorilla \
+	  -- eval.max_samples=500 eval.avg_gap=false 'eval.heldout=[cifar10,pacs]'
 
 clean:  ## remove caches and build files (keeps outputs/ and data/)
 	rm -rf .pytest_cache build dist src/*.egg-info .cache/test-data
