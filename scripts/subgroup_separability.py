@@ -9,6 +9,9 @@ evaluated split, on the image embedding and (ModifiedResNet towers) on the poole
     python scripts/subgroup_separability.py --checkpoint outputs/pretrain_p1/mammals_1500/model.pt --data-dir data \\
         --targets tiny_imagenet_mammals/chihuahua tiny_imagenet_mammals/gorilla
 
+``--each-member`` probes, for a fine-class target, every member of its merged class in turn as the subgroup (the
+same config with ``forget.subgroup={fine_class:[<member>]}``): which breed of this model could be forgotten at all.
+
 Reported per target and feature: subgroup recall and sibling specificity on the evaluated split (percent) and
 their mean (balanced accuracy; 50 = no separation). A target evaluated on its own training images (PACS has one
 split) is marked: the probe then only shows that the images can be told apart, not that unseen ones can.
@@ -67,22 +70,44 @@ def probe(train_x, train_y, test_x, test_y, ridge: float = 1e-2) -> tuple[float,
     return 100 * predicted[positives].float().mean().item(), 100 * (~predicted[~positives]).float().mean().item()
 
 
+def probed_targets(args) -> list[tuple[str, str, list[str]]]:
+    """(label, forget option, extra overrides): each target as configured, or each member of its merged class."""
+    if not args.each_member:
+        return [(option, option, []) for option in args.targets]
+    pairs = []
+    for option in args.targets:
+        cfg = compose_config(*checkpoint_overrides(args.checkpoint, args.backbone, args.data_dir, option),
+                             *args.overrides)
+        forget = OmegaConf.to_container(cfg.forget, resolve=True)
+        members = [m for merged in (forget.get("merge") or {}).values() for m in merged]
+        if "fine_class" not in (forget.get("subgroup") or {}) or not members:
+            raise SystemExit(f"--each-member needs a fine-class target with a merge; {option} is "
+                             f"subgroup={forget.get('subgroup')}, merge={forget.get('merge')}")
+        pairs += [(f"{option} [fine_class={member}]", option, [f"forget.subgroup={{fine_class:['{member}']}}"])
+                  for member in members]
+    return pairs
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--checkpoint", required=True, help="model.pt written by clip-unlearn-pretrain")
     parser.add_argument("--backbone", default="mini_clip")
     parser.add_argument("--data-dir", default="data")
     parser.add_argument("--targets", nargs="+", required=True, help="subgroup targets (conf/forget names)")
+    parser.add_argument("--each-member", action="store_true",
+                        help="probe every member of a fine-class target's merged class as the subgroup")
     parser.add_argument("overrides", nargs="*", help="Hydra overrides")
     args = parser.parse_args()
     torch.manual_seed(0)
+    targets = probed_targets(args)  # a wrong target fails before the model is loaded
 
     base = compose_config(*checkpoint_overrides(args.checkpoint, args.backbone, args.data_dir), *args.overrides)
     backbone = load_backbone(**OmegaConf.to_container(base.backbone, resolve=True))
     model = backbone.model.eval()
     print("| target | features | subgroup recall | sibling specificity | balanced accuracy |\n|---|---|---|---|---|")
-    for option in args.targets:
-        cfg = compose_config(*checkpoint_overrides(args.checkpoint, args.backbone, args.data_dir, option), *args.overrides)
+    for label, option, extra in targets:
+        cfg = compose_config(*checkpoint_overrides(args.checkpoint, args.backbone, args.data_dir, option),
+                             *args.overrides, *extra)
         dataset = build(cfg.dataset)
         target = ForgetTarget.from_config(OmegaConf.to_container(cfg.forget, resolve=True))
         classnames = target.classnames(dataset.classnames)
@@ -97,7 +122,7 @@ def main() -> None:
         mark = " (its training images)" if dataset.unlearn_split == dataset.split else ""
         for name in train:
             recall, specificity = probe(train[name], train_y, test[name], test_y)
-            print(f"| {option}{mark} | {name} | {recall:.1f} | {specificity:.1f} | {(recall + specificity) / 2:.1f} |",
+            print(f"| {label}{mark} | {name} | {recall:.1f} | {specificity:.1f} | {(recall + specificity) / 2:.1f} |",
                   flush=True)
 
 

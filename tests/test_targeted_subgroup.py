@@ -5,6 +5,7 @@ from __future__ import annotations
 import copy
 import importlib.util
 import json
+from types import SimpleNamespace
 
 import pytest
 import torch
@@ -14,7 +15,7 @@ from torch import nn
 
 from clip_unlearn.backbone import load_backbone
 from clip_unlearn.bn_alignment import align_to_batchnorm, batchnorm_gap
-from clip_unlearn.config import build, config_dir
+from clip_unlearn.config import build, checkpoint_overrides, config_dir
 from clip_unlearn.errors import ConfigError
 from clip_unlearn.fisher import diagonal_fisher, relative_fisher_ranking
 from clip_unlearn.runner import run
@@ -143,6 +144,7 @@ TINY = {"tiny_imagenet/chihuahua": ("Chihuahua", ["Chihuahua", "Yorkshire terrie
         "tiny_imagenet/baboon": ("baboon", ["baboon", "chimpanzee", "orangutan"])}
 TINY["tiny_imagenet_mammals/chihuahua"] = TINY["tiny_imagenet/chihuahua"]
 TINY["tiny_imagenet_mammals/gorilla"] = ("gorilla", ["orangutan", "gorilla", "chimpanzee", "baboon"])
+TINY["tiny_imagenet_mammals/persian_cat"] = TINY["tiny_imagenet/persian_cat"]
 
 
 @pytest.mark.parametrize("option, split", [(option, "val") for option in sorted(TINY)]
@@ -285,10 +287,15 @@ def test_run_on_mini_clip_forgets_the_subgroup_and_logs_the_alpha_curve(make_con
 
 
 # -- the separability diagnostic (scripts/subgroup_separability.py) ----------------------------------------------
-def test_separability_probe_tells_separable_from_inseparable_features():
+def _separability_script():
     spec = importlib.util.spec_from_file_location("subgroup_separability", REPO / "scripts" / "subgroup_separability.py")
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
+    return module
+
+
+def test_separability_probe_tells_separable_from_inseparable_features():
+    module = _separability_script()
     generator = torch.Generator().manual_seed(0)
 
     def sample(n_sub, n_sib, shift):
@@ -300,3 +307,17 @@ def test_separability_probe_tells_separable_from_inseparable_features():
     assert recall > 95 and specificity > 95
     recall, specificity = module.probe(*sample(40, 200, 0.0), *sample(400, 2000, 0.0))
     assert 35 < (recall + specificity) / 2 < 65  # nothing to separate: balanced accuracy near chance
+
+
+def test_separability_each_member_probes_every_fine_class_of_the_merged_class():
+    module = _separability_script()
+    args = SimpleNamespace(checkpoint="model.pt", backbone="mini_clip", data_dir="data", overrides=[],
+                           each_member=True, targets=["tiny_imagenet_mammals/gorilla"])
+    targets = module.probed_targets(args)
+    assert [label for label, _, _ in targets] == [f"tiny_imagenet_mammals/gorilla [fine_class={m}]"
+                                                  for m in ["orangutan", "gorilla", "chimpanzee", "baboon"]]
+    cfg = compose_config(*checkpoint_overrides("model.pt", "mini_clip", "data", targets[3][1]), *targets[3][2])
+    assert list(cfg.forget.subgroup.fine_class) == ["baboon"] and "baboon" in cfg.forget.merge.primate
+    args.targets = ["pacs/dog_sketch"]  # a style subgroup has no merged fine classes: refused before any loading
+    with pytest.raises(SystemExit, match="needs a fine-class target with a merge"):
+        module.probed_targets(args)
