@@ -108,7 +108,10 @@ def test_baseline_lowers_forget_accuracy(setup, name):
 
 
 def test_emmn_makes_error_maximising_and_minimising_noise(setup):
-    unlearner = method("emmn", *FAST["emmn"])
+    # Without the L2 term: at the N(0, 1) start, 0.1 * ||x||^2 is ~300 against a cross-entropy of ~2, so with it the
+    # first steps mostly shrink the noise and the cross-entropy may move either way (it fell for the maximising noise
+    # on a fixture trained on another CPU); the sign of the objective alone must then decide the direction.
+    unlearner = method("emmn", *FAST["emmn"], "method.noise_l2=0")
     unlearner.unlearn(copy.deepcopy(setup.model), LazyDataset(_never_read), LazyDataset(_never_read), setup.context)
     noise = unlearner.diagnostics["noise"]
     # 10 CIFAR-10 classes: the forgotten one gets maximising noise, the nine others minimising noise
