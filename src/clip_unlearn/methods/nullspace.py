@@ -79,7 +79,7 @@ class Nullspace(UnlearningMethod):
     def unlearn(self, model, forget, retain, context: UnlearnContext):
         q, singular = self.basis(model, context)
         d = q.shape[0]
-        projector = torch.eye(d) - self.alpha * (q @ q.T)
+        projector = torch.eye(d, dtype=q.dtype, device=q.device) - self.alpha * (q @ q.T)
         before = _projection_alignment(model, q)
         apply_image_embedding_map(model, projector)
         after = _projection_alignment(model, q)
@@ -111,6 +111,7 @@ def _projection_alignment(model, q: torch.Tensor) -> dict[str, float]:
     params = dict(model.named_parameters())
     weight = params[names[0]].detach().float().cpu()
     rows = weight if names == ["visual.proj"] else weight.T  # (inputs, embed_dim)
+    q = q.detach().float().cpu()  # the basis lives on the model's device; these diagnostics are computed on CPU
     energy = (rows @ q).norm() / rows.norm().clamp_min(1e-12)
     cos = torch.nn.functional.normalize(rows, dim=1) @ q
     return {"energy": energy.item(), "max_cos": cos.abs().max().item()}
