@@ -2,7 +2,7 @@
 DATA_DIR ?= data
 PYTHON ?= python
 
-.PHONY: help install data run test test-full sweep p1-model p1-table clean
+.PHONY: help install data run test test-full sweep p1-model p1-table p1-gorilla clean
 
 help:  ## list the targets
 	@grep -E '^[a-z0-9-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-10s %s\n", $$1, $$2}'
@@ -45,6 +45,13 @@ p1-table:  ## the README's subgroup table (targeted_subgroup vs nullspace vs gra
 	  -- eval.max_samples=500 eval.avg_gap=false 'eval.heldout=[cifar10,tiny_imagenet_mammals]'
 	$(P1_TABLE) --targets tiny_imagenet_mammals/chihuahua tiny_imagenet_mammals/gorilla \
 	  -- eval.max_samples=500 eval.avg_gap=false 'eval.heldout=[cifar10,pacs]'
+
+P1_GORILLA_DIR ?= outputs/multiruns/p1-gorilla
+
+p1-gorilla:  ## the README's gorilla seeds (variant E = experiment=p1_mini_gorilla, 5 runs, 6-12 min on 2 cores) and their table
+	clip-unlearn -m experiment=p1_mini_gorilla paths.data_dir=$(DATA_DIR) backbone.checkpoint=$(P1_MODEL_DIR)/model.pt \
+	  hydra.sweep.dir=$(P1_GORILLA_DIR)
+	clip-unlearn-collect $(P1_GORILLA_DIR)
 
 clean:  ## remove caches and build files (keeps outputs/ and data/)
 	rm -rf .pytest_cache build dist src/*.egg-info .cache/test-data

@@ -257,6 +257,20 @@ def test_p1_experiments_compose(experiment, arch, forget, coarse):
     build(cfg.method)  # the method's knobs are valid
 
 
+def test_mini_gorilla_experiment_is_variant_e_on_the_p1_model_over_five_seeds():
+    cfg = compose_config("experiment=p1_mini_gorilla", "paths.output_dir=/runs", return_hydra_config=True)
+    assert cfg.backbone.arch == "clip-unlearn-mini-rn"
+    assert cfg.backbone.checkpoint == "/runs/pretrain_p1/mammals_1500/model.pt"  # make p1-model's output
+    assert cfg.dataset.name == "tiny_imagenet_mammals" and list(cfg.forget.classes) == ["primate"]
+    m = cfg.method
+    assert (m.fisher.top_k, m.sibling_fraction, m.forgetting.margin_slack) == (24, 1.0, 0.4)
+    assert (m.reminding.align, m.reminding.steps, m.reminding.lr, m.reminding.ema_decay, m.reminding.forget_weight) \
+        == (False, 600, 1e-3, 0.99, 2.0)
+    assert list(cfg.eval.heldout) == ["cifar10", "pacs"] and cfg.eval.max_samples == 500
+    assert cfg.hydra.sweeper.params.seed == "0,1,2,3,4"
+    build(cfg.method)
+
+
 # -- end to end ----------------------------------------------------------------------------------------------------
 def test_run_on_mini_clip_forgets_the_subgroup_and_logs_the_alpha_curve(make_config, mini_clip, tmp_path):
     cfg = make_config("backbone=mini_clip", f"backbone.checkpoint={mini_clip}", "forget=cifar10/airplane_blue_sky",
