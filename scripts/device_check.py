@@ -6,10 +6,10 @@ folders under --data-dir (`make data`):
 
     python scripts/device_check.py --data-dir data --output-dir outputs/device_check
 
-It pretrains a mini-CLIP briefly on CIFAR-10 on the GPU (the tests' fixture recipe) (the retrain oracle then pretrains its own copy there too),
-runs each method of conf/method with few steps on it (device=cuda), prints one row per method, and exits non-zero
-if a run fails, a run's env.json does not say cuda, or nullspace's CUDA metrics differ from its CPU metrics by more
-than --tolerance points (the same closed form; only float rounding differs).
+It pretrains a mini-CLIP briefly on CIFAR-10 on the GPU (the tests' fixture recipe; the retrain oracle then pretrains
+its own copy there too), runs each method of conf/method with few steps on it (device=cuda), prints one row per
+method, and exits non-zero if a run fails, a run's env.json does not say cuda, or nullspace's CUDA metrics differ
+from its CPU metrics by more than --tolerance points (the same closed form; only float rounding differs).
 """
 
 from __future__ import annotations
@@ -24,8 +24,10 @@ from pathlib import Path
 import torch
 
 from clip_unlearn.config import compose_config, config_dir
+from clip_unlearn.errors import ConfigError
 from clip_unlearn.pretrain.run import pretrain
 from clip_unlearn.runner import run
+from clip_unlearn.runtime import resolve_device
 
 LOOP = ("method.steps=6", "method.batch_size=16")
 # few steps each: this checks that every code path runs on the device, not how well it unlearns
@@ -57,8 +59,10 @@ def main() -> int:
     parser.add_argument("--tolerance", type=float, default=1.0, help="points of top-1 CPU and CUDA may differ by")
     parser.add_argument("--device", default="cuda", help="cpu = a dry run of the same runs, to check this script")
     args = parser.parse_args()
-    if args.device != "cpu" and not torch.cuda.is_available():
-        sys.exit(f"device_check: --device {args.device} but CUDA is not available on this machine")
+    try:
+        resolve_device(args.device)  # the runner's own check, before any pretraining
+    except ConfigError as error:
+        sys.exit(f"device_check: {error}")
     out = Path(args.output_dir).resolve()
     common = (f"paths.data_dir={args.data_dir}", f"paths.cache_dir={out / 'cache'}", "eval.num_workers=2")
 

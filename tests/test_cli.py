@@ -49,3 +49,12 @@ def test_user_error_is_one_line_without_traceback(data_dir, tmp_path):
 def test_unknown_method_lists_choices(data_dir, tmp_path):
     result = cli("method=nullspce", cwd=tmp_path, data_dir=data_dir, output_dir=tmp_path / "out")
     assert result.returncode != 0 and "nullspace" in result.stderr and "original" in result.stderr
+
+
+def test_device_check_without_a_gpu_stops_before_any_work(tmp_path):
+    script = os.path.join(os.path.dirname(__file__), "..", "scripts", "device_check.py")
+    result = subprocess.run([sys.executable, script, "--output-dir", str(tmp_path / "check")], capture_output=True,
+                            text=True, timeout=300, env={**os.environ, "CUDA_VISIBLE_DEVICES": ""})
+    assert result.returncode == 1
+    assert "device=cuda but CUDA is not available here; use device=cpu or device=auto" in result.stderr
+    assert not (tmp_path / "check").exists()
