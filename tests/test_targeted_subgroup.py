@@ -323,6 +323,21 @@ def test_separability_probe_tells_separable_from_inseparable_features():
     assert 35 < (recall + specificity) / 2 < 65  # nothing to separate: balanced accuracy near chance
 
 
+def test_best_gated_edit_costs_the_siblings_only_what_the_probe_cannot_tell_apart():
+    module = _separability_script()
+    # 10 subgroup images, all right before; 10 siblings, the first 5 right before
+    is_subgroup = torch.cat([torch.ones(10), torch.zeros(10)])
+    correct = torch.tensor([True] * 10 + [True] * 5 + [False] * 5)
+    separable = torch.cat([torch.arange(10.0) + 100, torch.arange(10.0)])
+    assert module.best_gated_edit(separable, is_subgroup, correct) == (0.0, 0.0)
+    # right siblings score among the subgroup: leaving <= 20 % (2 of 10) hits 3 of them at best (wrong ones cost
+    # nothing, however high they score); at equal cost the deeper forgetting (1 left) is reported
+    tangled = torch.cat([torch.arange(10.0), torch.tensor([9.5, 8.5, 2.5, 0.5, 0.5]), torch.full((5,), 50.0)])
+    assert module.best_gated_edit(tangled, is_subgroup, correct) == (30.0, 0.1)
+    # a laxer cap buys back a sibling: leaving 3 of 10 spares the one at 2.5
+    assert module.best_gated_edit(tangled, is_subgroup, correct, max_left=0.3) == (20.0, 0.3)
+
+
 def test_separability_each_member_probes_every_fine_class_of_the_merged_class():
     module = _separability_script()
     args = SimpleNamespace(checkpoint="model.pt", backbone="mini_clip", data_dir="data", overrides=[],
