@@ -35,6 +35,7 @@ from torch.utils.data import DataLoader, Subset
 
 from clip_unlearn.backbone import load_backbone
 from clip_unlearn.config import build, checkpoint_overrides, compose_config
+from clip_unlearn.evaluation import topk_correct
 from clip_unlearn.targets import ForgetTarget
 
 
@@ -77,11 +78,6 @@ def rates(scores, labels) -> tuple[float, float]:
     """(recall on the positives, specificity on the negatives) of probe scores, percent."""
     predicted, positives = scores > 0, labels.bool()
     return 100 * predicted[positives].float().mean().item(), 100 * (~predicted[~positives]).float().mean().item()
-
-
-def probe(train_x, train_y, test_x, test_y, ridge: float = 1e-2) -> tuple[float, float]:
-    """(recall, specificity) on the test set of the probe fitted on the training set."""
-    return rates(fit_probe(train_x, train_y, ridge)(test_x), test_y)
 
 
 def best_gated_edit(scores, is_subgroup, correct, max_left: float = 0.2) -> tuple[float, float]:
@@ -158,7 +154,7 @@ def main() -> None:
         (train, train_y, _), (test, test_y, test_classes) = sides[dataset.unlearn_split], sides[dataset.split]
         head = open_clip.build_zero_shot_classifier(model, backbone.tokenizer, classnames, dataset.templates,
                                                     num_classes_per_batch=10, device="cpu")
-        correct = (test["embedding"] @ head).argmax(1) == test_classes
+        correct = topk_correct(test["embedding"] @ head, test_classes, k=1)
         before = [100 * correct[test_y == side].float().mean().item() for side in (1, 0)]
         mark = " (its training images)" if dataset.unlearn_split == dataset.split else ""
         for name in train:
